@@ -1,0 +1,275 @@
+"""Client side of the driver: QUIC connect, the CONNECT request, authentication.
+
+No printing and no prompting here: decisions that need a user (an unknown server
+certificate) go through callbacks the caller supplies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from ..auth.jwt_token import build_token
+from ..backends import Backend, get_backend
+from ..connection import (
+    ConnectionTerminated,
+    HttpDataReceived,
+    HttpStreamReset,
+    ResponseReceived,
+)
+from ..version import OUR_VERSION, Version, parse_version, pick_retry_version
+from .conversation import Conversation
+from .protocol import ProtocolHandler, SSH3Protocol, protocol_factory
+
+log = logging.getLogger("ssh3.client")
+
+MAX_DATAGRAM_FRAME_SIZE = 16383
+
+
+class SSH3ClientError(Exception):
+    """A failure the user must see; `exit_code` is what the program exits with."""
+
+    exit_code = 255
+
+
+class ServerNotFound(SSH3ClientError):
+    pass
+
+
+class AuthenticationFailed(SSH3ClientError):
+    pass
+
+
+class VersionRefused(SSH3ClientError):
+    pass
+
+
+class HostKeyError(SSH3ClientError):
+    pass
+
+
+@dataclass
+class Identity:
+    """A way to fill the Authorization header for a given conversation ID."""
+
+    label: str
+    make_authorization: Callable[[str, bytes], str]
+
+
+def private_key_identity(label: str, private_key: Any) -> Identity:
+    def make(user: str, conversation_id: bytes) -> str:
+        return "Bearer " + build_token(private_key, user, conversation_id, backdate=2)
+
+    return Identity(label, make)
+
+
+@dataclass
+class ConnectParams:
+    host: str  # what to dial (after HostName substitution)
+    port: int
+    path: str
+    user: str
+    identities: list[Identity]
+    backend: str | None = None
+    insecure: bool = False
+    server_name: str | None = None
+    # called with the server's leaf certificate (DER) after the handshake and before
+    # any credential is sent; raise HostKeyError to refuse
+    verify_certificate: Callable[[bytes], Awaitable[None]] | None = None
+    connect_timeout: float = 15.0
+    idle_timeout: float = 30.0
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    stream_id: int
+
+    @property
+    def server_version(self) -> Version | None:
+        try:
+            return parse_version(self.headers.get(b"server", b"").decode("utf-8", "replace"))
+        except ValueError:
+            return None
+
+
+class _ClientHandler(ProtocolHandler):
+    def request_received(self, protocol: SSH3Protocol, event: Any) -> None:
+        return None
+
+
+def authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def quic_configuration(backend: Backend, params: ConnectParams) -> Any:
+    cfg = backend.configuration_class(
+        is_client=True,
+        alpn_protocols=["h3"],
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+        idle_timeout=params.idle_timeout,
+        server_name=params.server_name or params.host,
+    )
+    # verification happens after the handshake against known_hosts (we pin the
+    # exact certificate, stricter than the reference) and before credentials leave
+    cfg.verify_mode = ssl.CERT_NONE
+    cfg.max_stream_data = 16 << 20
+    cfg.max_data = 32 << 20
+    backend.configure_client(cfg)
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
+    """A QUIC connection whose handshake is done and whose certificate passed
+    `params.verify_certificate`."""
+    backend = get_backend(params.backend)
+    cfg = quic_configuration(backend, params)
+    cm = backend.connect(params.host, params.port, configuration=cfg,
+                         create_protocol=protocol_factory(backend, _ClientHandler()),
+                         wait_connected=True)
+    try:
+        protocol = await asyncio.wait_for(cm.__aenter__(), params.connect_timeout)
+    except TimeoutError as exc:
+        raise SSH3ClientError(
+            f"no answer from {params.host} port {params.port} (UDP) within "
+            f"{params.connect_timeout:.0f} s: is the server running, and is UDP allowed "
+            "through the firewall?") from exc
+    except ConnectionError as exc:
+        raise SSH3ClientError(
+            f"QUIC handshake with {params.host} port {params.port} failed: {exc or 'refused'}"
+        ) from exc
+    except OSError as exc:
+        raise SSH3ClientError(f"cannot reach {params.host} port {params.port}: {exc}") from exc
+    try:
+        if params.verify_certificate is not None and not params.insecure:
+            der = backend.peer_certificate_der(protocol._quic)
+            if der is None:
+                raise HostKeyError("the server presented no certificate")
+            await params.verify_certificate(der)
+        yield protocol
+    finally:
+        protocol.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(cm.__aexit__(None, None, None), 2.0)
+
+
+async def send_connect(protocol: SSH3Protocol, params: ConnectParams, authorization: str,
+                       version: Version = OUR_VERSION, timeout: float = 15.0) -> Response:
+    """One CONNECT request; returns the response (body read only when the server
+    ends the stream: a 401 from the reference stays open, Q13)."""
+    headers = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"ssh3"),
+        (b":scheme", b"https"),
+        (b":authority", authority(params.host, params.port).encode()),
+        (b":path", (params.path + "?" + urlencode({"user": params.user})).encode()),
+        (b"authorization", authorization.encode()),
+        (b"user-agent", str(version).encode()),
+        *params.extra_headers,
+    ]
+    sid = protocol.connection.send_request(headers)
+    queue = protocol.http_events(sid)
+    protocol.transmit_soon()
+
+    async def next_event(wait: float) -> Any:
+        try:
+            return await asyncio.wait_for(queue.get(), wait)
+        except TimeoutError:
+            return None
+
+    status = 0
+    resp_headers: dict[bytes, bytes] = {}
+    body = b""
+    try:
+        ev = await next_event(timeout)
+        if ev is None:
+            raise SSH3ClientError(f"the server did not answer the request within "
+                                  f"{timeout:.0f} s")
+        if isinstance(ev, HttpStreamReset):
+            raise SSH3ClientError(f"the server reset the request (code {ev.error_code:#x})")
+        if isinstance(ev, ConnectionTerminated):
+            raise SSH3ClientError(f"the connection closed during the request "
+                                  f"({ev.error_code:#x} {ev.reason})")
+        if isinstance(ev, ResponseReceived):
+            resp_headers = dict(ev.headers)
+            try:
+                status = int(resp_headers.get(b":status", b"0"))
+            except ValueError:
+                status = 0
+            ended = ev.stream_ended
+            # an error body is short; a 401 from the reference never ends (Q13)
+            while not ended and status not in (200, 401) and len(body) <= 65536:
+                ev = await next_event(1.0)
+                if not isinstance(ev, HttpDataReceived):
+                    break
+                body += ev.data
+                ended = ev.stream_ended
+    finally:
+        if status != 200:
+            protocol.forget_http(sid)
+    return Response(status, resp_headers, body, sid)
+
+
+async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversation:
+    """Authenticate with each identity in turn; return the conversation on 200."""
+    conv_id = protocol.connection.conversation_id
+    if conv_id is None:
+        raise SSH3ClientError("the TLS exporter is unavailable (handshake incomplete)")
+    tried: list[str] = []
+    for identity in params.identities:
+        authorization = identity.make_authorization(params.user, conv_id)
+        version = OUR_VERSION
+        for _attempt in range(5):
+            response = await send_connect(protocol, params, authorization, version)
+            if response.status != 403:
+                break
+            server = response.server_version
+            retry = pick_retry_version(server) if server is not None else None
+            if retry is None or retry == version:
+                raise VersionRefused(
+                    f"the server refused our protocol version ({version}): "
+                    f"{response.body.decode('utf-8', 'replace').strip() or 'no detail'}")
+            log.debug("server refused %s; retrying as %s", version, retry)
+            version = retry
+        tried.append(identity.label)
+        if response.status == 200:
+            if response.server_version is None:
+                log.warning("the server sent no valid version string")
+            conv = Conversation(protocol, response.stream_id)
+            protocol.forget_http(response.stream_id)
+            return conv
+        if response.status == 401:
+            log.debug("identity %s refused", identity.label)
+            continue
+        if response.status == 404:
+            raise ServerNotFound(
+                f"no SSH3 server at https://{authority(params.host, params.port)}{params.path} "
+                "(404): check the URL path (the server's -url-path)")
+        if response.status == 425:
+            raise SSH3ClientError("the server refused a request sent as early data (425)")
+        raise SSH3ClientError(
+            f"unexpected HTTP status {response.status} from the server: "
+            f"{response.body.decode('utf-8', 'replace').strip()}")
+    if not tried:
+        raise AuthenticationFailed(
+            f"no identity to authenticate {params.user}@{params.host} with: give one with "
+            "-i/-privkey, or create ~/.ssh/id_ed25519")
+    raise AuthenticationFailed(
+        f"authentication refused for {params.user}@{params.host} (401); tried: "
+        + ", ".join(tried))
+
+
+async def wait_settings(protocol: SSH3Protocol, timeout: float = 2.0) -> None:
+    """Peer SETTINGS (which tell us its extensions) normally arrive with the 200."""
+    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+        await asyncio.wait_for(protocol.settings_received.wait(), timeout)

@@ -1,0 +1,261 @@
+"""The asyncio driver: a QUIC protocol object that runs an `SSH3Connection` and turns
+its events into Conversation and Channel objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .. import connection as c
+from ..backends import Backend
+from ..messages import ChannelHeader
+from .channel import Channel
+from .conversation import Conversation
+
+log = logging.getLogger("ssh3.aio")
+
+RECEIVE_WINDOW = 16 << 20
+
+_classes: dict[str, type] = {}
+
+
+class ProtocolHandler:
+    """What the program above the driver reacts to (a server or a client)."""
+
+    def request_received(self, protocol: SSH3Protocol, event: c.RequestReceived) -> None:
+        protocol.connection.send_headers(event.stream_id, [(b":status", b"404")], end_stream=True)
+
+    def connection_lost(self, protocol: SSH3Protocol) -> None:
+        return None
+
+
+def protocol_class(backend: Backend) -> type[SSH3Protocol]:
+    """The SSH3 protocol class built on `backend`'s QuicConnectionProtocol."""
+    if backend.name not in _classes:
+        base = backend.protocol_class
+        _classes[backend.name] = type(f"SSH3Protocol_{backend.name}", (SSH3ProtocolMixin, base),
+                                      {"backend": backend})
+    return _classes[backend.name]  # type: ignore[return-value]
+
+
+def protocol_factory(backend: Backend, handler: ProtocolHandler) -> Callable[..., Any]:
+    cls = protocol_class(backend)
+
+    def create(quic: Any, *args: Any, **kwargs: Any) -> Any:
+        proto = cls(quic, *args, **kwargs)
+        proto.setup(handler)
+        return proto
+
+    return create
+
+
+class SSH3ProtocolMixin:
+    """Mixed in before the backend's QuicConnectionProtocol (see `protocol_class`)."""
+
+    backend: Backend
+    _quic: Any
+    _loop: asyncio.AbstractEventLoop
+
+    def setup(self, handler: ProtocolHandler) -> None:
+        self.handler = handler
+        is_client = bool(self._quic.configuration.is_client)
+        self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client)
+        self.backend.install_receive_window(self._quic, RECEIVE_WINDOW)
+        self.conversations: dict[int, Conversation] = {}
+        self.channels: dict[int, Channel] = {}
+        self.settings_received = asyncio.Event()
+        self.handshake_done = asyncio.Event()
+        self.terminated = asyncio.Event()
+        self.termination: c.ConnectionTerminated | None = None
+        self._write_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._http_waiters: dict[int, asyncio.Queue[c.Event]] = {}
+        self.remote_address: Any = None
+
+    # ------------------------------------------------------------ I/O hooks
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.remote_address is None:
+            self.remote_address = addr
+        super().datagram_received(data, addr)  # type: ignore[misc]
+        self._wake_writers()
+
+    def _handle_timer(self) -> None:
+        super()._handle_timer()  # type: ignore[misc]
+        self._wake_writers()
+
+    def quic_event_received(self, event: Any) -> None:
+        try:
+            events = self.connection.handle_event(event)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the server
+            log.exception("internal error handling %s", type(event).__name__)
+            self._quic.close(error_code=c.H3_INTERNAL_ERROR, reason_phrase=str(exc)[:100])
+            return
+        for ev in events:
+            self._dispatch(ev)
+
+    def transmit_soon(self) -> None:
+        self._transmit_soon()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ dispatch
+
+    def _dispatch(self, ev: c.Event) -> None:
+        if isinstance(ev, c.MessageReceived):
+            channel = self.channels.get(ev.channel_id)
+            if channel is not None:
+                channel._feed(ev.message, ev.size)
+            else:
+                self.consume(ev.channel_id, ev.size)
+        elif isinstance(ev, c.ChannelOpened):
+            self._channel_opened(ev.channel_id, ev.header)
+        elif isinstance(ev, c.ChannelEOF):
+            channel = self.channels.get(ev.channel_id)
+            if channel is not None:
+                channel._feed_eof()
+        elif isinstance(ev, c.ChannelReset):
+            self._channel_failed(ev.channel_id, f"reset by peer with code {ev.error_code:#x}")
+        elif isinstance(ev, c.ChannelStopSending):
+            channel = self.channels.get(ev.channel_id)
+            if channel is not None:
+                channel.stop_sending_code = ev.error_code
+                self._wake_writers()
+        elif isinstance(ev, c.ChannelProtocolError):
+            log.warning("channel %d: protocol error from %s: %s", ev.channel_id,
+                        self._peer_text(), ev.error)
+            self.connection.reset_stream(ev.channel_id, c.H3_REQUEST_INCOMPLETE)
+            self.connection.stop_stream(ev.channel_id, c.H3_REQUEST_INCOMPLETE)
+            self._channel_failed(ev.channel_id, f"protocol error: {ev.error}")
+        elif isinstance(ev, c.DatagramReceived):
+            conv = self.conversations.get(ev.control_stream_id)
+            if conv is not None:
+                conv._datagram_received(ev.channel_id, ev.payload)
+        elif isinstance(ev, c.RequestReceived):
+            self.handler.request_received(self, ev)  # type: ignore[arg-type]
+        elif isinstance(ev, c.ResponseReceived | c.HttpDataReceived | c.HttpStreamReset):
+            queue = self._http_waiters.get(ev.stream_id)
+            if queue is not None:
+                queue.put_nowait(ev)
+            conv = self.conversations.get(ev.stream_id)
+            if conv is not None and (isinstance(ev, c.HttpStreamReset)
+                                     or getattr(ev, "stream_ended", False)):
+                conv._control_stream_ended()
+        elif isinstance(ev, c.SettingsReceived):
+            self.settings_received.set()
+        elif isinstance(ev, c.HandshakeCompleted):
+            self.handshake_done.set()
+        elif isinstance(ev, c.ConnectionTerminated):
+            self._terminated(ev)
+
+    def _channel_opened(self, channel_id: int, header: ChannelHeader) -> None:
+        conv = self.conversations.get(header.control_stream_id)
+        if conv is None or not conv.accepting:
+            # like the reference (§3.6): no such conversation -> reset the stream
+            log.info("channel %d names unknown conversation %d; reset", channel_id,
+                     header.control_stream_id)
+            self.connection.reset_stream(channel_id, c.H3_REQUEST_INCOMPLETE)
+            self.connection.stop_stream(channel_id, c.H3_REQUEST_INCOMPLETE)
+            self.connection.forget_channel(channel_id)
+            return
+        channel = Channel(self, channel_id, header, local=False)  # type: ignore[arg-type]
+        self.channels[channel_id] = channel
+        conv._channel_opened(channel)
+
+    def _channel_failed(self, channel_id: int, reason: str) -> None:
+        channel = self.channels.get(channel_id)
+        if channel is not None:
+            channel._feed_error(reason)
+            self._wake_writers()
+
+    def _terminated(self, ev: c.ConnectionTerminated) -> None:
+        if self.terminated.is_set():
+            return
+        self.termination = ev
+        self.terminated.set()
+        reason = f"connection closed ({ev.error_code:#x} {ev.reason})".strip()
+        for channel in list(self.channels.values()):
+            channel._feed_error(reason)
+        for conv in list(self.conversations.values()):
+            conv._ended(reason)
+        for queue in self._http_waiters.values():
+            queue.put_nowait(ev)
+        self._wake_writers(all_waiters=True)
+        self.settings_received.set()
+        self.handler.connection_lost(self)  # type: ignore[arg-type]
+
+    def _peer_text(self) -> str:
+        addr = self.remote_address
+        return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+    # ------------------------------------------------------------ used by objects
+
+    def register_conversation(self, conv: Conversation) -> None:
+        self.conversations[conv.control_stream_id] = conv
+
+    def unregister_conversation(self, conv: Conversation) -> None:
+        if self.conversations.get(conv.control_stream_id) is conv:
+            del self.conversations[conv.control_stream_id]
+
+    def open_channel(self, conv: Conversation, header: ChannelHeader, first: bytes = b"",
+                     ipv4_mapped: bool = False) -> Channel:
+        cid = self.connection.open_channel(header, first, ipv4_mapped=ipv4_mapped)
+        channel = Channel(self, cid, header, local=True)  # type: ignore[arg-type]
+        self.channels[cid] = channel
+        self.transmit_soon()
+        return channel
+
+    def forget_channel(self, channel_id: int) -> None:
+        self.channels.pop(channel_id, None)
+        self.connection.forget_channel(channel_id)
+
+    def send_channel_bytes(self, channel_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.connection.send_channel_data(channel_id, data, end_stream)
+        self.transmit_soon()
+
+    def reset_channel(self, channel_id: int, code: int) -> None:
+        self.connection.reset_stream(channel_id, code)
+        self.transmit_soon()
+
+    def stop_channel(self, channel_id: int, code: int) -> None:
+        self.connection.stop_stream(channel_id, code)
+        self.transmit_soon()
+
+    def consume(self, channel_id: int, nbytes: int) -> None:
+        self.backend.consume(self._quic, channel_id, nbytes)
+        # a window update may now be due; transmit builds it
+        self.transmit_soon()
+
+    def http_events(self, stream_id: int) -> asyncio.Queue[c.Event]:
+        return self._http_waiters.setdefault(stream_id, asyncio.Queue())
+
+    def forget_http(self, stream_id: int) -> None:
+        self._http_waiters.pop(stream_id, None)
+
+    async def wait_writable(self, channel_id: int, high_water: int) -> None:
+        while (not self.terminated.is_set()
+               and self.backend.send_buffer_size(self._quic, channel_id) > high_water):
+            channel = self.channels.get(channel_id)
+            if channel is not None and (channel.error or channel.stop_sending_code is not None):
+                return
+            fut = self._loop.create_future()
+            self._write_waiters.setdefault(channel_id, []).append(fut)
+            await fut
+
+    def _wake_writers(self, all_waiters: bool = False) -> None:
+        if not self._write_waiters:
+            return
+        for sid in list(self._write_waiters):
+            channel = self.channels.get(sid)
+            broken = channel is None or channel.error or channel.stop_sending_code is not None
+            if (all_waiters or broken or self.terminated.is_set()
+                    or self.backend.send_buffer_size(self._quic, sid) <= 1 << 19):
+                for fut in self._write_waiters.pop(sid):
+                    if not fut.done():
+                        fut.set_result(None)
+
+
+# the mixin's methods must win over the backend base class
+SSH3Protocol = SSH3ProtocolMixin

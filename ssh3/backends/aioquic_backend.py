@@ -1,0 +1,75 @@
+"""Adapter for aioquic, the reference backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioquic.asyncio
+import aioquic.h3.connection
+import aioquic.h3.events
+import aioquic.quic.configuration
+import aioquic.quic.events
+import aioquic.tls
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .. import exporter
+from .base import Backend
+
+
+def _send_buffer_size(quic: Any, stream_id: int) -> int:
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    # aioquic keeps unacknowledged bytes in the sender's buffer
+    return len(stream.sender._buffer)
+
+
+def _peer_certificate_der(quic: Any) -> bytes | None:
+    cert = getattr(quic.tls, "_peer_certificate", None)
+    return None if cert is None else cert.public_bytes(Encoding.DER)
+
+
+def _handshake_complete(quic: Any) -> bool:
+    return bool(quic._handshake_complete)
+
+
+def _peer_max_datagram_frame_size(quic: Any) -> int | None:
+    return quic._remote_max_datagram_frame_size
+
+
+def _configure_client(configuration: Any) -> None:
+    return None
+
+
+def _install_receive_window(quic: Any, window: int) -> None:
+    from . import aioquic_flow
+
+    aioquic_flow.install(quic, window)
+
+
+def _consume(quic: Any, stream_id: int, nbytes: int) -> None:
+    from . import aioquic_flow
+
+    aioquic_flow.consume(quic, stream_id, nbytes)
+
+
+def make_backend() -> Backend:
+    exporter.install(aioquic.tls)
+    return Backend(
+        name="aioquic",
+        configuration_class=aioquic.quic.configuration.QuicConfiguration,
+        quic_events=aioquic.quic.events,
+        h3_connection_class=aioquic.h3.connection.H3Connection,
+        h3_events=aioquic.h3.events,
+        protocol_class=aioquic.asyncio.QuicConnectionProtocol,
+        serve=aioquic.asyncio.serve,
+        connect=aioquic.asyncio.connect,
+        tls_module=aioquic.tls,
+        send_buffer_size=_send_buffer_size,
+        peer_certificate_der=_peer_certificate_der,
+        handshake_complete=_handshake_complete,
+        peer_max_datagram_frame_size=_peer_max_datagram_frame_size,
+        configure_client=_configure_client,
+        install_receive_window=_install_receive_window,
+        consume=_consume,
+    )

@@ -1,0 +1,31 @@
+"""What an adapter provides: the library's classes plus the few operations whose
+spelling differs between QUIC libraries (see DESIGN.md, "The QUIC seam")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    # library modules and classes
+    configuration_class: type
+    quic_events: ModuleType
+    h3_connection_class: type
+    h3_events: ModuleType
+    protocol_class: type
+    serve: Callable[..., Any]
+    connect: Callable[..., Any]
+    tls_module: ModuleType
+    # operations whose spelling differs between libraries
+    send_buffer_size: Callable[[Any, int], int]
+    peer_certificate_der: Callable[[Any], bytes | None]
+    handshake_complete: Callable[[Any], bool]
+    peer_max_datagram_frame_size: Callable[[Any], int | None]
+    configure_client: Callable[[Any], None]
+    install_receive_window: Callable[[Any, int], None]
+    consume: Callable[[Any, int, int], None]

@@ -1,0 +1,87 @@
+"""Adapter for qh3 (aioquic's API over a native packet core): the fast backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import qh3.asyncio
+import qh3.h3.connection
+import qh3.h3.events
+import qh3.quic.configuration
+import qh3.quic.events
+import qh3.tls
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .. import exporter
+from .base import Backend
+
+
+def _send_buffer_size(quic: Any, stream_id: int) -> int:
+    return int(quic.get_send_buffer_size(stream_id))
+
+
+def _peer_certificate_der(quic: Any) -> bytes | None:
+    cert = quic.get_peercert()
+    if cert is None:
+        return None
+    if isinstance(cert, bytes | bytearray):
+        return bytes(cert)
+    if hasattr(cert, "public_bytes"):
+        try:
+            return cert.public_bytes(Encoding.DER)
+        except TypeError:
+            return bytes(cert.public_bytes())
+    return x509.load_pem_x509_certificate(str(cert).encode()).public_bytes(Encoding.DER)
+
+
+def _handshake_complete(quic: Any) -> bool:
+    return bool(quic._handshake_complete)
+
+
+def _peer_max_datagram_frame_size(quic: Any) -> int | None:
+    return quic._remote_max_datagram_frame_size
+
+
+def _configure_client(configuration: Any) -> None:
+    # qh3's client does not offer Ed25519 signatures unless asked, and the
+    # reference's self-signed certificates are Ed25519.
+    algos = getattr(configuration, "signature_algorithms", None)
+    ed25519 = qh3.tls.SignatureAlgorithm.ED25519
+    if algos is None:
+        configuration.signature_algorithms = [
+            ed25519,
+            qh3.tls.SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
+            qh3.tls.SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
+            qh3.tls.SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
+            qh3.tls.SignatureAlgorithm.RSA_PKCS1_SHA256,
+        ]
+    elif ed25519 not in algos:
+        configuration.signature_algorithms = [ed25519, *algos]
+
+
+def _install_receive_window(quic: Any, window: int) -> None:
+    # qh3's flow control lives in its native core; its own windows apply.
+    return None
+
+
+def make_backend() -> Backend:
+    exporter.install(qh3.tls)
+    return Backend(
+        name="qh3",
+        configuration_class=qh3.quic.configuration.QuicConfiguration,
+        quic_events=qh3.quic.events,
+        h3_connection_class=qh3.h3.connection.H3Connection,
+        h3_events=qh3.h3.events,
+        protocol_class=qh3.asyncio.QuicConnectionProtocol,
+        serve=qh3.asyncio.serve,
+        connect=qh3.asyncio.connect,
+        tls_module=qh3.tls,
+        send_buffer_size=_send_buffer_size,
+        peer_certificate_der=_peer_certificate_der,
+        handshake_complete=_handshake_complete,
+        peer_max_datagram_frame_size=_peer_max_datagram_frame_size,
+        configure_client=_configure_client,
+        install_receive_window=_install_receive_window,
+        consume=lambda quic, stream_id, nbytes: None,
+    )

@@ -1,0 +1,135 @@
+"""Running a command or shell on a conversation, wired to the local stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from ssh3.aio.channel import ChannelClosed
+from ssh3.aio.conversation import Conversation
+from ssh3.connection import EXT_CHANNEL_EOF, EXT_WINDOW_CHANGE
+from ssh3.messages import (
+    ChannelData,
+    ChannelExtendedData,
+    ChannelOpenConfirmation,
+    ChannelOpenFailure,
+    ExecRequest,
+    ExitSignalRequest,
+    ExitStatusRequest,
+    PtyRequest,
+    ShellRequest,
+    WindowChangeRequest,
+)
+
+from .terminal import StdinReader, raw_mode, terminal_size, write_all
+
+log = logging.getLogger("ssh3.client")
+
+EXIT_ERROR = 255
+
+
+@dataclass
+class SessionRequest:
+    command: bytes | None  # None: interactive shell
+    pty: bool
+    term: str = ""
+
+
+def _signal_number(name: str) -> int | None:
+    try:
+        return int(signal.Signals["SIG" + name])
+    except KeyError:
+        return None
+
+
+async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
+                      stdout_fd: int = 1, stderr_fd: int = 2) -> int:
+    """Run one session to its end and return the exit code the program should use."""
+    loop = asyncio.get_running_loop()
+    extensions = conv.peer_extensions
+    channel = conv.open_channel("session")
+    size = terminal_size(stdin_fd) if request.pty else None
+    if request.pty:
+        columns, rows = size or (80, 24)
+        channel.send(PtyRequest(request.term, columns, rows, 0, 0, b"", want_reply=True))
+    if request.command is None:
+        channel.send(ShellRequest(want_reply=True))
+    else:
+        channel.send(ExecRequest(request.command, want_reply=True))
+
+    stdin = StdinReader(stdin_fd, loop)
+    stdin.start()
+
+    async def pump_stdin() -> None:
+        while True:
+            data = await stdin.read()
+            if not data:
+                # only a server that announced it takes a FIN as stdin EOF; the
+                # reference would end the whole conversation (§6.4)
+                if extensions & EXT_CHANNEL_EOF:
+                    channel.send_eof()
+                return
+            await channel.write(data)
+
+    def on_winch() -> None:
+        new = terminal_size(stdin_fd)
+        if new is not None:
+            with contextlib.suppress(ChannelClosed):
+                channel.send(WindowChangeRequest(new[0], new[1], 0, 0))
+
+    stdin_task = asyncio.ensure_future(pump_stdin())
+    winch = request.pty and size is not None and bool(extensions & EXT_WINDOW_CHANGE)
+    if winch:
+        loop.add_signal_handler(signal.SIGWINCH, on_winch)
+    raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
+    try:
+        with raw:
+            return await _read_output(channel, stdout_fd, stderr_fd)
+    finally:
+        if winch:
+            loop.remove_signal_handler(signal.SIGWINCH)
+        stdin_task.cancel()
+        with contextlib.suppress(BaseException):
+            await stdin_task
+
+
+async def _read_output(channel: object, stdout_fd: int, stderr_fd: int) -> int:
+    while True:
+        try:
+            msg = await channel.read()  # type: ignore[attr-defined]
+        except ChannelClosed as exc:
+            _error(f"session ended without an exit status: {exc}")
+            return EXIT_ERROR
+        if msg is None:
+            _error("the server closed the session without an exit status")
+            return EXIT_ERROR
+        if isinstance(msg, ChannelData):
+            write_all(stdout_fd, msg.data)
+        elif isinstance(msg, ChannelExtendedData):
+            if msg.data_type == 1:
+                write_all(stderr_fd, msg.data)
+        elif isinstance(msg, ExitStatusRequest):
+            return msg.exit_status & 0xFF
+        elif isinstance(msg, ExitSignalRequest):
+            signum = _signal_number(msg.signal_name)
+            log.debug("remote process killed by SIG%s%s", msg.signal_name,
+                      " (core dumped)" if msg.core_dumped else "")
+            return 128 + signum if signum is not None else EXIT_ERROR
+        elif isinstance(msg, ChannelOpenFailure):
+            _error(f"the server refused the session: {msg.message} (reason {msg.reason_code})")
+            return EXIT_ERROR
+        elif isinstance(msg, ChannelOpenConfirmation):
+            continue
+        else:
+            log.debug("ignoring %s on the session channel", type(msg).__name__)
+
+
+def _error(text: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"ssh3: {text}\n")
+        sys.stderr.flush()

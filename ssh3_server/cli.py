@@ -1,0 +1,111 @@
+"""`ssh3-server`: flags in the reference's single-dash style."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from ssh3.backends import BACKENDS
+from ssh3.version import OUR_VERSION
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssh3-server",
+        description="SSH3 server: SSH over HTTP/3. Answers a plain 404 to every request "
+                    "that is not an SSH3 CONNECT to the secret URL path.",
+    )
+    p.add_argument("-bind", default="[::]:443",
+                   help="UDP address to listen on, host:port (default [::]:443; port 0 picks "
+                        "a free port, printed on stderr)")
+    p.add_argument("-url-path", default="/ssh3-term",
+                   help="secret URL path of the SSH3 endpoint (default /ssh3-term)")
+    p.add_argument("-cert", default="./cert.pem", help="PEM certificate (chain)")
+    p.add_argument("-key", default="./priv.key", help="PEM private key")
+    p.add_argument("-generate-selfsigned-cert", action="store_true",
+                   help="write a new self-signed certificate and key to -cert and -key "
+                        "(they must not exist)")
+    p.add_argument("-quic-backend", choices=BACKENDS, default=None,
+                   help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
+    p.add_argument("-v", action="store_true", help="debug logging on stderr")
+    p.add_argument("-version", action="store_true", help="print the version and exit")
+    return p
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"bad -bind {text!r}: expected host:port")
+    host = host.strip("[]") or "::"
+    try:
+        port_num = int(port)
+    except ValueError:
+        raise ValueError(f"bad port in -bind {text!r}") from None
+    if not 0 <= port_num < 65536:
+        raise ValueError(f"bad port in -bind {text!r}")
+    return host, port_num
+
+
+async def _serve(server: object) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    host, port = await server.start()  # type: ignore[attr-defined]
+    print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.close()  # type: ignore[attr-defined]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.version:
+        print(f"ssh3-server version {OUR_VERSION.implementation} "
+              f"{'.'.join(map(str, OUR_VERSION.software))}")
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.v else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not args.v:
+        for noisy in ("quic", "aioquic", "qh3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        host, port = parse_bind(args.bind)
+    except ValueError as exc:
+        print(f"ssh3-server: {exc}", file=sys.stderr)
+        return 2
+    url_path = args.url_path if args.url_path.startswith("/") else "/" + args.url_path
+    if args.generate_selfsigned_cert:
+        from ssh3.certs import generate_self_signed
+
+        try:
+            generate_self_signed(args.cert, args.key)
+        except (FileExistsError, OSError, ValueError) as exc:
+            print(f"ssh3-server: cannot generate a certificate: {exc}", file=sys.stderr)
+            return 1
+    for path, what in ((args.cert, "certificate"), (args.key, "key")):
+        if not os.path.exists(path):
+            print(f"ssh3-server: the {what} file {path} does not exist: give -cert/-key, or "
+                  "-generate-selfsigned-cert to create a pair", file=sys.stderr)
+            return 1
+    from .server import ServerConfig, SSH3Server
+
+    config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
+                          cert_path=args.cert, key_path=args.key, backend=args.quic_backend)
+    try:
+        server = SSH3Server(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(server))
+    except (OSError, ValueError) as exc:
+        print(f"ssh3-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

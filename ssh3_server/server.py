@@ -1,0 +1,303 @@
+"""The ssh3 server: QUIC listener, secret-path routing, authentication, conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ssh3.aio.channel import Channel
+from ssh3.aio.conversation import Conversation
+from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
+from ssh3.auth.authorized_keys import PublicKeyIdentity, load_user_identities
+from ssh3.auth.jwt_token import TokenError, verify_token
+from ssh3.auth.keys import public_key_fingerprint
+from ssh3.backends import Backend, get_backend
+from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
+from ssh3.messages import ChannelOpenFailure
+from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
+
+from .process import UserInfo
+from .sessions import Session, SessionContext
+
+log = logging.getLogger("ssh3.server")
+audit = logging.getLogger("ssh3.auth")
+
+NOT_FOUND_BODY = b"404 page not found\n"
+MAX_DATAGRAM_FRAME_SIZE = 16383  # as the reference advertises
+
+
+@dataclass
+class ServerConfig:
+    bind_host: str = "::"
+    bind_port: int = 443
+    url_path: str = "/ssh3-term"
+    cert_path: str = "./cert.pem"
+    key_path: str = "./priv.key"
+    backend: str | None = None
+    idle_timeout: float = 30.0
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _date() -> bytes:
+    return formatdate(usegmt=True).encode()
+
+
+class SSH3Server(ProtocolHandler):
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.backend: Backend = get_backend(config.backend)
+        self._server: object | None = None
+        self._tickets: dict[bytes, object] = {}
+        self._conversations: set[Conversation] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._running_as_root = os.geteuid() == 0
+        self._own_user = pwd.getpwuid(os.geteuid()).pw_name
+        self.address: tuple[str, int] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _quic_configuration(self) -> object:
+        cfg = self.backend.configuration_class(
+            is_client=False,
+            alpn_protocols=["h3"],
+            max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+            idle_timeout=self.config.idle_timeout,
+        )
+        cfg.max_stream_data = 16 << 20
+        cfg.max_data = 32 << 20
+        cfg.load_cert_chain(self.config.cert_path, self.config.key_path)
+        return cfg
+
+    async def start(self) -> tuple[str, int]:
+        self._server = await self.backend.serve(
+            self.config.bind_host,
+            self.config.bind_port,
+            configuration=self._quic_configuration(),
+            create_protocol=protocol_factory(self.backend, self),
+            session_ticket_fetcher=self._tickets.pop,
+            session_ticket_handler=self._store_ticket,
+        )
+        transport = self._server._transport  # type: ignore[attr-defined]
+        sockname = transport.get_extra_info("sockname")
+        self.address = (sockname[0], sockname[1])
+        log.info("listening on %s port %d (QUIC backend %s), secret path %s",
+                 sockname[0], sockname[1], self.backend.name, "<hidden>")
+        return self.address
+
+    def _store_ticket(self, ticket: object) -> None:
+        # tickets let clients resume; a request sent in 0-RTT is refused with 425
+        if len(self._tickets) > 10000:
+            self._tickets.clear()
+        self._tickets[ticket.ticket] = ticket  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        for conv in list(self._conversations):
+            conv.close("server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()  # type: ignore[attr-defined]
+
+    def _spawn(self, coro: object) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------ requests
+
+    def request_received(self, protocol: SSH3Protocol, event: RequestReceived) -> None:
+        pseudo: dict[bytes, bytes] = {}
+        regular: dict[bytes, bytes] = {}
+        for name, value in event.headers:
+            (pseudo if name.startswith(b":") else regular).setdefault(name, value)
+        target = pseudo.get(b":path", b"").decode("utf-8", "replace")
+        path = urlsplit(target).path if target else ""
+        if not self._path_matches(path) or pseudo.get(b":method") != b"CONNECT" \
+                or pseudo.get(b":protocol") != b"ssh3":
+            self._respond_not_found(protocol, event)
+            return
+        self._spawn(self._handle_connect(protocol, event, target, regular))
+
+    def _path_matches(self, path: str) -> bool:
+        want = self.config.url_path
+        if want.endswith("/"):
+            return path.startswith(want)
+        return path == want
+
+    def _respond_not_found(self, protocol: SSH3Protocol, event: RequestReceived) -> None:
+        # byte for byte what Go's http.NotFound sends: nothing hints at SSH3
+        conn = protocol.connection
+        conn.send_headers(event.stream_id, [
+            (b":status", b"404"),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"date", _date()),
+            (b"content-length", str(len(NOT_FOUND_BODY)).encode()),
+        ])
+        conn.send_http_data(event.stream_id, NOT_FOUND_BODY, end_stream=True)
+        if not event.stream_ended:
+            conn.stop_stream(event.stream_id, H3_NO_ERROR)
+        protocol.transmit_soon()
+
+    def _respond(self, protocol: SSH3Protocol, event: RequestReceived, status: int,
+                 body: bytes = b"", end: bool = True) -> None:
+        conn = protocol.connection
+        headers: Headers = [(b":status", str(status).encode()),
+                            (b"server", str(OUR_VERSION).encode()),
+                            (b"date", _date())]
+        if body:
+            headers += [(b"content-type", b"text/plain; charset=utf-8"),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"content-length", str(len(body)).encode())]
+        conn.send_headers(event.stream_id, headers, end_stream=end and not body)
+        if body:
+            conn.send_http_data(event.stream_id, body, end_stream=end)
+        if end and not event.stream_ended:
+            conn.stop_stream(event.stream_id, H3_NO_ERROR)
+        protocol.transmit_soon()
+
+    async def _handle_connect(self, protocol: SSH3Protocol, event: RequestReceived,
+                              target: str, headers: dict[bytes, bytes]) -> None:
+        peer = protocol._peer_text()
+        agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
+        try:
+            version = parse_version(agent)
+        except ValueError:
+            log.info("request from %s with an invalid version %r: 403", peer, agent[:100])
+            self._respond(protocol, event, 403,
+                          f"Invalid version: {agent[:100]}\n".encode())
+            return
+        if not is_supported(version):
+            log.info("request from %s with unsupported version %r: 403", peer, agent[:100])
+            self._respond(protocol, event, 403, unsupported_version_body(version).encode())
+            return
+        if event.early:
+            log.info("request from %s arrived in 0-RTT: 425", peer)
+            self._respond(protocol, event, 425)
+            return
+        conv_id = protocol.connection.conversation_id
+        if conv_id is None:
+            self._respond(protocol, event, 500)
+            return
+        query = parse_qs(urlsplit(target).query)
+        username = unquote(query.get("user", [""])[0])
+        user = await self._authenticate(protocol, username, conv_id,
+                                        headers.get(b"authorization", b""), peer)
+        if user is None:
+            self._respond(protocol, event, 401)
+            return
+        if protocol.terminated.is_set():
+            return
+        conv = Conversation(protocol, event.stream_id)
+        self._conversations.add(conv)
+        conv.add_end_callback(self._conversations.discard)
+        ctx = SessionContext(
+            user=user,
+            switch_user=self._running_as_root and user.uid != os.geteuid(),
+            peer=_addr_text(protocol.remote_address),
+            local=_addr_text(self.address),
+            peer_extensions=protocol.connection.peer_extensions,
+        )
+        conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
+        self._respond(protocol, event, 200, end=False)
+        log.info("conversation %d for %s from %s started", event.stream_id, user.name, peer)
+        conv.add_end_callback(
+            lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
+                               user.name, c.end_reason))
+
+    async def _authenticate(self, protocol: SSH3Protocol, username: str, conv_id: bytes,
+                            authorization: bytes, peer: str) -> UserInfo | None:
+        started = time.monotonic()
+        method = "none"
+        fingerprint = "-"
+        result = "refused"
+        reason = ""
+        user: UserInfo | None = None
+        try:
+            text = authorization.decode("ascii", "replace")
+            if text.startswith("Bearer "):
+                method = "publickey"
+            elif text.startswith("Basic "):
+                method = "password"
+            if not username:
+                reason = "no user in the request"
+                return None
+            try:
+                user = UserInfo.lookup(username)
+            except KeyError:
+                reason = "no such user"
+                return None
+            if not self._running_as_root and user.name != self._own_user:
+                reason = f"server runs as {self._own_user} and cannot log in other users"
+                return None
+            if method != "publickey":
+                reason = f"method {method} not enabled"
+                return None
+            try:
+                identities, warnings = load_user_identities(user.home)
+            except OSError as exc:
+                reason = f"cannot read identity files: {exc}"
+                return None
+            for warning in warnings:
+                log.warning("%s", warning)
+            keys = [i.public_key for i in identities if isinstance(i, PublicKeyIdentity)]
+            try:
+                key = verify_token(text[len("Bearer "):], keys, username, conv_id)
+            except TokenError as exc:
+                reason = str(exc)
+                return None
+            fingerprint = public_key_fingerprint(key)
+            result = "accepted"
+            return user
+        finally:
+            audit.info("auth %s from %s user=%r method=%s key=%s%s (%.1f ms)", result, peer,
+                       username, method, fingerprint, f" reason={reason}" if reason else "",
+                       (time.monotonic() - started) * 1000)
+
+    # ------------------------------------------------------------ channels
+
+    async def _serve_channel(self, conv: Conversation, channel: Channel,
+                             ctx: SessionContext) -> None:
+        if channel.channel_type == "session":
+            session = Session(channel, ctx)
+            task = asyncio.current_task()
+            conv.add_end_callback(lambda _c: task.cancel() if task else None)
+            try:
+                await session.run()
+            except asyncio.CancelledError:
+                await session.terminate()
+            finally:
+                channel.protocol.forget_channel(channel.channel_id)
+            return
+        log.info("channel %d: type %r refused (not supported)", channel.channel_id,
+                 channel.channel_type)
+        try:
+            channel.send(ChannelOpenFailure(
+                3, f"channel type {channel.channel_type} not supported"))
+            channel.send_eof()
+        except Exception:  # noqa: BLE001 - the channel may already be gone
+            channel.reset(H3_REQUEST_INCOMPLETE)
+        channel.protocol.forget_channel(channel.channel_id)
+
+    def connection_lost(self, protocol: SSH3Protocol) -> None:
+        log.debug("connection from %s closed", protocol._peer_text())
+
+
+def _addr_text(addr: object) -> str:
+    if not addr:
+        return "? 0"
+    host, port = addr[0], addr[1]  # type: ignore[index]
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return f"{host} {port}"

@@ -1,0 +1,247 @@
+"""Session channels: pty, shell, exec, signals, window changes, exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+from ssh3.aio.channel import Channel, ChannelClosed
+from ssh3.connection import EXT_CHANNEL_EOF, H3_REQUEST_INCOMPLETE
+from ssh3.messages import (
+    ChannelData,
+    ChannelExtendedData,
+    ChannelOpenFailure,
+    ExecRequest,
+    ExitSignalRequest,
+    ExitStatusRequest,
+    Message,
+    PtyRequest,
+    ShellRequest,
+    SignalRequest,
+    SubsystemRequest,
+    WindowChangeRequest,
+)
+
+from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn
+
+log = logging.getLogger("ssh3.server")
+
+# signal names a client may send (PROTOCOL.md §4.3), Linux numbering
+SIGNALS = {
+    name[3:]: int(getattr(signal, name))
+    for name in dir(signal)
+    if name.startswith("SIG") and not name.startswith("SIG_") and name.isupper()
+    and isinstance(getattr(signal, name), int)
+}
+SIGNALS.setdefault("IOT", int(signal.SIGABRT))
+SIGNALS.setdefault("CLD", int(signal.SIGCHLD))
+SIGNALS.setdefault("POLL", int(signal.SIGIO))
+
+
+@dataclass
+class SessionContext:
+    """What a session needs to know about its conversation."""
+
+    user: UserInfo
+    switch_user: bool
+    peer: str  # "ip port" of the client
+    local: str  # "ip port" of the server
+    peer_extensions: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class SessionError(Exception):
+    pass
+
+
+class Session:
+    """One session channel, from LARVAL (no process yet) to the process's exit."""
+
+    def __init__(self, channel: Channel, ctx: SessionContext) -> None:
+        self.channel = channel
+        self.ctx = ctx
+        self.pty: PtyParams | None = None
+        self.child: Child | None = None
+        self._stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def larval(self) -> bool:
+        return self.child is None
+
+    async def run(self) -> None:
+        """Serve the channel until the peer ends it or the process is done and the
+        peer has gone."""
+        try:
+            await self._read_loop()
+        except SessionError as exc:
+            log.warning("session %d of %s: %s", self.channel.channel_id, self.ctx.user.name, exc)
+            self.channel.reset(H3_REQUEST_INCOMPLETE)
+        except ChannelClosed as exc:
+            log.info("session %d of %s closed: %s", self.channel.channel_id, self.ctx.user.name,
+                     exc)
+        finally:
+            await self.terminate()
+
+    async def _read_loop(self) -> None:
+        while True:
+            msg = await self.channel.read()
+            if msg is None:
+                self._on_eof()
+                # keep the process's output flowing; the channel ends from our side
+                if self.child is None:
+                    return
+                await self.channel.closed.wait()
+                return
+            await self._handle(msg)
+
+    def _on_eof(self) -> None:
+        if self.ctx.peer_extensions & EXT_CHANNEL_EOF:
+            if self.child is not None:
+                self._spawn(self._put_stdin(None))
+        else:
+            # a reference client FINs only when it goes away (§6.4)
+            self.channel._feed_error("client closed the session channel")
+
+    async def _handle(self, msg: Message) -> None:
+        if isinstance(msg, ChannelData):
+            if self.larval:
+                if msg.data == b"forward-agent":
+                    log.info("agent forwarding requested (not supported yet); ignored")
+                    return
+                raise SessionError("data before shell or exec")
+            await self._put_stdin(msg.data)
+        elif isinstance(msg, ChannelExtendedData):
+            raise SessionError(f"unexpected extended data (type {msg.data_type}) from client")
+        elif isinstance(msg, PtyRequest):
+            if not self.larval or self.pty is not None:
+                raise SessionError("pty-req after the session started or twice")
+            self.pty = PtyParams(msg.term, msg.char_width, msg.char_height, msg.pixel_width,
+                                 msg.pixel_height)
+        elif isinstance(msg, ShellRequest | ExecRequest | SubsystemRequest):
+            if not self.larval:
+                raise SessionError("a second shell/exec/subsystem request")
+            self._start(msg)
+        elif isinstance(msg, WindowChangeRequest):
+            if self.pty is not None and self.child is not None and self.child.pty_fd is not None:
+                # the kernel signals SIGWINCH to the foreground process group itself
+                set_window_size(self.child.pty_fd, msg.char_width, msg.char_height,
+                                msg.pixel_width, msg.pixel_height)
+            elif self.pty is not None:
+                self.pty.columns, self.pty.rows = msg.char_width, msg.char_height
+        elif isinstance(msg, SignalRequest):
+            if self.child is None:
+                raise SessionError("signal before the session started")
+            signum = SIGNALS.get(msg.signal_name)
+            if signum is None:
+                raise SessionError(f"unknown signal {msg.signal_name!r}")
+            self.child.send_signal(signum)
+        elif isinstance(msg, ChannelOpenFailure):
+            raise SessionError("channel open failure sent by the opener")
+        else:
+            raise SessionError(f"unexpected {type(msg).__name__} on a session channel")
+
+    def _start(self, msg: ShellRequest | ExecRequest | SubsystemRequest) -> None:
+        user = self.ctx.user
+        shell = user.shell
+        if isinstance(msg, ShellRequest):
+            argv = ["-" + os.path.basename(shell)]
+            what = "shell"
+        elif isinstance(msg, ExecRequest):
+            argv = [shell, "-c", os.fsdecode(msg.command)]
+            what = f"exec {msg.command[:200]!r}"
+        else:
+            raise SessionError(f"unknown subsystem {msg.name!r}")
+        env = build_environment(user, self.pty.term if self.pty else None, {
+            "SSH3_CONNECTION": f"{self.ctx.peer} {self.ctx.local}",
+            **self.ctx.extra_env,
+        })
+        try:
+            self.child = spawn(user, argv, shell, env, self.pty, self.ctx.switch_user)
+        except OSError as exc:
+            raise SessionError(f"cannot start {what}: {exc}") from exc
+        log.info("session %d: %s for %s (pid %d%s)", self.channel.channel_id, what, user.name,
+                 self.child.pid, ", pty" if self.pty else "")
+        self._spawn(self._stdin_pump())
+        self._spawn(self._output_and_exit())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _put_stdin(self, data: bytes | None) -> None:
+        await self._stdin_queue.put(data)
+
+    async def _stdin_pump(self) -> None:
+        assert self.child is not None
+        child = self.child
+        while True:
+            data = await self._stdin_queue.get()
+            if data is None:
+                child.close_stdin()
+                return
+            try:
+                await child.stdin.write(data)
+            except OSError:
+                # the process closed its stdin; like OpenSSH, discard further input
+                pass
+
+    async def _pump(self, reader: object, data_type: int | None) -> None:
+        while True:
+            data = await reader.read()  # type: ignore[attr-defined]
+            if not data:
+                return
+            await self.channel.write(data, data_type)
+
+    async def _output_and_exit(self) -> None:
+        child = self.child
+        assert child is not None
+        pumps = [self._pump(child.stdout, None)]
+        if child.stderr is not None:
+            pumps.append(self._pump(child.stderr, 1))
+        try:
+            await asyncio.gather(*pumps)
+            status = await child.wait()
+            self._send_exit(status)
+        except ChannelClosed:
+            return
+        except OSError as exc:
+            log.warning("session %d: output error: %s", self.channel.channel_id, exc)
+            return
+        finally:
+            child.close_fds()
+
+    def _send_exit(self, status: int) -> None:
+        # exit-status/-signal end in a varint: never FIN right behind them (Q7);
+        # the client ends the channel
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(signum).name[3:]
+            except ValueError:
+                name = str(signum)
+            msg: Message = ExitSignalRequest(name, bool(os.WCOREDUMP(status)),
+                                             f"killed by signal {signum}")
+            log.info("session %d: process killed by SIG%s", self.channel.channel_id, name)
+        else:
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 255
+            msg = ExitStatusRequest(code)
+            log.info("session %d: process exited with %d", self.channel.channel_id, code)
+        self.channel.send(msg)
+
+    async def terminate(self) -> None:
+        """The channel is over: hang up the process group and stop our tasks."""
+        if self.child is not None and self.child.returncode is None:
+            self.child.hangup()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.child is not None:
+            self.child.close_fds()
+            if self.child.pty_fd is None and self.child.returncode is None:
+                self.child.hangup()
