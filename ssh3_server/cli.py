@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-generate-selfsigned-cert", action="store_true",
                    help="write a new self-signed certificate and key to -cert and -key "
                         "(they must not exist)")
+    p.add_argument("-authorized-keys-file", action="append", default=None, metavar="PATTERN",
+                   help="where a user's authorized identities are read, like sshd's "
+                        "AuthorizedKeysFile: %%h is the home directory, %%u the user name, "
+                        "relative paths are under the home; repeatable (default "
+                        "%%h/.ssh3/authorized_identities and %%h/.ssh/authorized_keys)")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from .server import ServerConfig, SSH3Server
 
     config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
-                          cert_path=args.cert, key_path=args.key, backend=args.quic_backend)
+                          cert_path=args.cert, key_path=args.key, backend=args.quic_backend,
+                          authorized_keys_files=args.authorized_keys_file)
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):

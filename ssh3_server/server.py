@@ -41,6 +41,8 @@ class ServerConfig:
     key_path: str = "./priv.key"
     backend: str | None = None
     idle_timeout: float = 30.0
+    # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
+    authorized_keys_files: list[str] | None = None
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -245,7 +247,8 @@ class SSH3Server(ProtocolHandler):
                 reason = f"method {method} not enabled"
                 return None
             try:
-                identities, warnings = load_user_identities(user.home)
+                identities, warnings = load_user_identities(
+                    user.home, self._identity_paths(user))
             except OSError as exc:
                 reason = f"cannot read identity files: {exc}"
                 return None
@@ -264,6 +267,16 @@ class SSH3Server(ProtocolHandler):
             audit.info("auth %s from %s user=%r method=%s key=%s%s (%.1f ms)", result, peer,
                        username, method, fingerprint, f" reason={reason}" if reason else "",
                        (time.monotonic() - started) * 1000)
+
+    def _identity_paths(self, user: UserInfo) -> list[str] | None:
+        if not self.config.authorized_keys_files:
+            return None
+        paths = []
+        for pattern in self.config.authorized_keys_files:
+            path = (pattern.replace("%%", "\0").replace("%h", user.home)
+                    .replace("%u", user.name).replace("\0", "%"))
+            paths.append(path if os.path.isabs(path) else os.path.join(user.home, path))
+        return paths
 
     # ------------------------------------------------------------ channels
 

@@ -82,10 +82,16 @@ class SSH3ProtocolMixin:
         if self.remote_address is None:
             self.remote_address = addr
         super().datagram_received(data, addr)  # type: ignore[misc]
-        self._wake_writers()
 
-    def _handle_timer(self) -> None:
-        super()._handle_timer()  # type: ignore[misc]
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        # qh3's batched receive path
+        if self.remote_address is None:
+            self.remote_address = addr
+        super().datagrams_received(data, addr)  # type: ignore[misc]
+
+    def transmit(self) -> None:
+        # every receive, timer and send ends here: the moment send buffers shrink
+        super().transmit()  # type: ignore[misc]
         self._wake_writers()
 
     def quic_event_received(self, event: Any) -> None:

@@ -250,15 +250,17 @@ def identity_file_paths(home: str) -> list[str]:
     ]
 
 
-def load_user_identities(home: str) -> tuple[list[Identity], list[str]]:
-    """All identities of the user whose home directory is *home*.
+def load_user_identities(home: str, paths: list[str] | None = None
+                         ) -> tuple[list[Identity], list[str]]:
+    """All identities of the user whose home directory is *home* (or in *paths*,
+    when the server was configured with its own AuthorizedKeysFile list).
 
     Missing files are fine; any other :class:`OSError` propagates, and the
     server answers 401 as the reference does.
     """
     identities: list[Identity] = []
     warnings: list[str] = []
-    for path in identity_file_paths(home):
+    for path in paths if paths is not None else identity_file_paths(home):
         text = _read_identity_file(path)
         if text is None:
             continue
