@@ -113,6 +113,14 @@ class MessageReceived(Event):
 
 
 @dataclass
+class DataDiscarded(Event):
+    """Bytes that arrived on a dead channel: credit them to flow control anyway."""
+
+    channel_id: int
+    size: int
+
+
+@dataclass
 class ChannelEOF(Event):
     channel_id: int
 
@@ -298,9 +306,9 @@ class SSH3Connection:
 
     def _channel_input(self, state: _ChannelState, data: bytes, fin: bool) -> list[Event]:
         out: list[Event] = []
-        if state.dead:
-            return out
         cid = state.channel_id
+        if state.dead:
+            return [DataDiscarded(cid, len(data))] if data else out
         if state.header_parser is not None:
             try:
                 header = state.header_parser.feed(data)

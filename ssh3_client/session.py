@@ -89,7 +89,12 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
     try:
         with raw:
-            return await _read_output(channel, stdout_fd, stderr_fd)
+            code = await _read_output(channel, stdout_fd, stderr_fd)
+        # both directions done: a server that takes FIN as EOF can free the channel
+        # (never towards the reference, which would end the conversation)
+        if extensions & EXT_CHANNEL_EOF and not channel.error:
+            channel.send_eof()
+        return code
     finally:
         if winch:
             loop.remove_signal_handler(signal.SIGWINCH)

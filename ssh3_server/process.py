@@ -50,6 +50,11 @@ def set_window_size(fd: int, columns: int, rows: int, xpixel: int = 0, ypixel: i
     fcntl.ioctl(fd, termios.TIOCSWINSZ, packed)
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class FdReader:
     """Non-blocking reads of a pipe or pty master, with EIO treated as EOF (a pty
     whose slave side is closed by every process reports EIO, not 0)."""
@@ -70,11 +75,18 @@ class FdReader:
                     return b""
                 raise
             fut = self._loop.create_future()
-            self._loop.add_reader(self.fd, fut.set_result, None)
+            self._loop.add_reader(self.fd, _wake, fut)
             try:
                 await fut
             finally:
                 self._loop.remove_reader(self.fd)
+
+    def read_now(self, n: int = READ_CHUNK) -> bytes:
+        """What can be read without waiting (b"" if nothing or at EOF)."""
+        try:
+            return os.read(self.fd, n)
+        except (BlockingIOError, OSError):
+            return b""
 
 
 class FdWriter:
@@ -95,7 +107,7 @@ class FdWriter:
             except BlockingIOError:
                 pass
             fut = self._loop.create_future()
-            self._loop.add_writer(self.fd, fut.set_result, None)
+            self._loop.add_writer(self.fd, _wake, fut)
             try:
                 await fut
             finally:
@@ -145,12 +157,18 @@ class Child:
                 pass
 
     def hangup(self) -> None:
-        """SIGHUP (and SIGCONT, so stopped jobs see it) to the session's process group."""
+        """SIGHUP (then SIGCONT, so stopped jobs see it) to every process of the
+        session: the child leads a session of its own, and a job-control shell puts
+        its jobs in process groups of their own inside it."""
+        targets = session_members(self.pid)
+        if self.returncode is None:
+            targets.add(self.pid)
         for signum in (signal.SIGHUP, signal.SIGCONT):
-            try:
-                os.killpg(self.pgid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
+            for pid in targets:
+                try:
+                    os.kill(pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def _set_exit(self, status: int) -> None:
         self.returncode = status
@@ -160,6 +178,28 @@ class Child:
     async def wait(self) -> int:
         """Raw wait status (as from waitpid)."""
         return await asyncio.shield(self._exited)
+
+
+def session_members(sid: int) -> set[int]:
+    """PIDs whose session ID is `sid` (Linux /proc; empty elsewhere)."""
+    found: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # fields after the parenthesised command name: state ppid pgrp session ...
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            found.add(int(entry))
+    return found
 
 
 def build_environment(user: UserInfo, term: str | None, extra: dict[str, str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ssh3.aio.channel import Channel
+from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.auth.authorized_keys import PublicKeyIdentity, load_user_identities
@@ -19,7 +19,7 @@ from ssh3.auth.jwt_token import TokenError, verify_token
 from ssh3.auth.keys import public_key_fingerprint
 from ssh3.backends import Backend, get_backend
 from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
-from ssh3.messages import ChannelOpenFailure
+from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
 from .process import UserInfo
@@ -283,6 +283,8 @@ class SSH3Server(ProtocolHandler):
     async def _serve_channel(self, conv: Conversation, channel: Channel,
                              ctx: SessionContext) -> None:
         if channel.channel_type == "session":
+            # like the reference, confirm as we accept (the opener does not wait)
+            channel.send(ChannelOpenConfirmation(DEFAULT_MAX_PACKET_SIZE))
             session = Session(channel, ctx)
             task = asyncio.current_task()
             conv.add_end_callback(lambda _c: task.cancel() if task else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -67,6 +68,7 @@ class Session:
         self.child: Child | None = None
         self._stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.exit_sent = asyncio.Event()
 
     @property
     def larval(self) -> bool:
@@ -91,10 +93,17 @@ class Session:
             msg = await self.channel.read()
             if msg is None:
                 self._on_eof()
-                # keep the process's output flowing; the channel ends from our side
                 if self.child is None:
                     return
-                await self.channel.closed.wait()
+                # keep the output flowing until the exit status went out (or the
+                # channel broke); both directions are then done
+                waits = [asyncio.ensure_future(e.wait())
+                         for e in (self.channel.closed, self.exit_sent)]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
                 return
             await self._handle(msg)
 
@@ -200,11 +209,15 @@ class Session:
     async def _output_and_exit(self) -> None:
         child = self.child
         assert child is not None
-        pumps = [self._pump(child.stdout, None)]
-        if child.stderr is not None:
-            pumps.append(self._pump(child.stderr, 1))
         try:
-            await asyncio.gather(*pumps)
+            if child.pty_fd is not None:
+                await self._pump_pty(child)
+            else:
+                # pipes: like OpenSSH, wait for EOF on both (all output delivered)
+                pumps = [self._pump(child.stdout, None)]
+                if child.stderr is not None:
+                    pumps.append(self._pump(child.stderr, 1))
+                await asyncio.gather(*pumps)
             status = await child.wait()
             self._send_exit(status)
         except ChannelClosed:
@@ -214,6 +227,35 @@ class Session:
             return
         finally:
             child.close_fds()
+
+    async def _pump_pty(self, child: Child) -> None:
+        """Relay the pty until the session's process exits, then what it left in the
+        pty buffer; background jobs still holding the terminal do not keep the
+        session open (they get SIGHUP, as under OpenSSH)."""
+        exited = asyncio.ensure_future(child.wait())
+        try:
+            while True:
+                read = asyncio.ensure_future(child.stdout.read())
+                await asyncio.wait({read, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await read
+                if read.done() and not read.cancelled():
+                    data = read.result()
+                    if not data:
+                        return
+                    await self.channel.write(data)
+                if exited.done():
+                    break
+            while True:
+                data = child.stdout.read_now()
+                if not data:
+                    break
+                await self.channel.write(data)
+            child.hangup()
+        finally:
+            exited.cancel()
 
     def _send_exit(self, status: int) -> None:
         # exit-status/-signal end in a varint: never FIN right behind them (Q7);
@@ -232,6 +274,7 @@ class Session:
             msg = ExitStatusRequest(code)
             log.info("session %d: process exited with %d", self.channel.channel_id, code)
         self.channel.send(msg)
+        self.exit_sent.set()
 
     async def terminate(self) -> None:
         """The channel is over: hang up the process group and stop our tasks."""
