@@ -158,7 +158,7 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
             await params.verify_certificate(der)
         yield protocol
     finally:
-        protocol.close()
+        protocol.close_now()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cm.__aexit__(None, None, None), 2.0)
 

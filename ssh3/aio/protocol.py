@@ -104,6 +104,18 @@ class SSH3ProtocolMixin:
         for ev in events:
             self._dispatch(ev)
 
+    def close_now(self, error_code: int = c.H3_NO_ERROR, reason: str = "") -> None:
+        """Send CONNECTION_CLOSE and stop at once, without the closing period
+        (3 PTOs, ~80 ms on loopback): the peer learns of the close from the frame,
+        and a lost frame only costs it an idle timeout."""
+        self._quic.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        self._closed.set()  # type: ignore[attr-defined]
+
     def transmit_soon(self) -> None:
         self._transmit_soon()  # type: ignore[attr-defined]
 
