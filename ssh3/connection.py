@@ -330,6 +330,9 @@ class SSH3Connection:
                 messages = state.parser.feed(data)
             except ProtocolError as exc:
                 state.dead = True
+                # what parsed cleanly before the bad bytes still counts (an
+                # exit-status just before garbage must not be lost)
+                out.extend(MessageReceived(cid, m, 0) for m in (exc.messages or ()))
                 out.append(ChannelProtocolError(cid, str(exc), state.header))
                 return out
             if messages:

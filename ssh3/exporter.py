@@ -62,7 +62,7 @@ def install(tls_module: ModuleType) -> None:
 
 def conversation_id(quic: Any) -> bytes | None:
     """The 32-byte conversation ID of a QUIC connection, once its handshake allows."""
-    tls = quic.tls
+    tls = getattr(quic, "tls", None)  # an aioquic server creates it on its first packet
     secret = getattr(tls, _ATTR, None) if tls is not None else None
     if secret is None:
         return None
