@@ -114,7 +114,7 @@ class MessageReceived(Event):
 
 @dataclass
 class DataDiscarded(Event):
-    """Bytes that arrived on a dead channel: credit them to flow control anyway."""
+    """Bytes arrived on a dead channel and were dropped (flow control is credited)."""
 
     channel_id: int
     size: int
@@ -176,6 +176,7 @@ class _ChannelState:
     header: ChannelHeader | None = None
     dead: bool = False  # protocol error seen: ignore further input
     eof: bool = False
+    signal_bytes: int = 0  # stripped before the header parser; credited with it
 
 
 @dataclass
@@ -259,7 +260,7 @@ class SSH3Connection:
         if sid in self._channels:
             return self._channel_input(self._channels[sid], data, fin)
         if sid in self._h3_streams or not self._is_peer_bidi(sid):
-            return self._h3_handle(self._stream_event(sid, data, fin))
+            return self._h3_with_credit(sid, data, fin)
         # a new peer-initiated bidirectional stream: decide by its first varint
         pending = self._pending.setdefault(sid, _Pending())
         pending.data += data
@@ -281,7 +282,7 @@ class SSH3Connection:
                 is_channel = False
         if is_channel:
             state = _ChannelState(sid, local=False, header_parser=ChannelHeaderParser(),
-                                  parser=self._new_parser())
+                                  parser=self._new_parser(), signal_bytes=_SIGNAL_LEN)
             self._channels[sid] = state
             return self._channel_input(state, bytes(buf[_SIGNAL_LEN:]), fin)
         if self.is_client:
@@ -294,7 +295,17 @@ class SSH3Connection:
 
     def _h3_route(self, sid: int, data: bytes, fin: bool) -> list[Event]:
         self._h3_streams.add(sid)
+        return self._h3_with_credit(sid, data, fin)
+
+    def _h3_with_credit(self, sid: int, data: bytes, fin: bool) -> list[Event]:
+        # HTTP/3 consumes its bytes at once: credit them to flow control
+        self._credit(sid, len(data))
         return self._h3_handle(self._stream_event(sid, data, fin))
+
+    def _credit(self, sid: int, nbytes: int) -> None:
+        """Bytes nobody above this layer will consume: open the window for them."""
+        if nbytes:
+            self._backend.consume(self._quic, sid, nbytes)
 
     def _stream_event(self, sid: int, data: bytes, fin: bool) -> Any:
         return self._backend.quic_events.StreamDataReceived(
@@ -308,6 +319,7 @@ class SSH3Connection:
         out: list[Event] = []
         cid = state.channel_id
         if state.dead:
+            self._credit(cid, len(data))
             return [DataDiscarded(cid, len(data))] if data else out
         if state.header_parser is not None:
             try:
@@ -319,11 +331,17 @@ class SSH3Connection:
                 if fin:
                     state.dead = True
                     out.append(ChannelProtocolError(cid, "stream ended inside channel header"))
+                self._credit(cid, len(data))
                 return out
             state.header = header
-            data = state.header_parser.rest
+            rest = state.header_parser.rest
             state.header_parser = None
             out.append(ChannelOpened(cid, header))
+            # header bytes are consumed here; credit them (the signal is credited
+            # with them: it came in the first chunk)
+            self._credit(cid, len(data) - len(rest) + state.signal_bytes)
+            state.signal_bytes = 0
+            data = rest
         if data:
             try:
                 before = state.parser.buffered()

@@ -128,8 +128,6 @@ class SSH3ProtocolMixin:
                 channel._feed(ev.message, ev.size)
             else:
                 self.consume(ev.channel_id, ev.size)
-        elif isinstance(ev, c.DataDiscarded):
-            self.consume(ev.channel_id, ev.size)
         elif isinstance(ev, c.ChannelOpened):
             self._channel_opened(ev.channel_id, ev.header)
         elif isinstance(ev, c.ChannelEOF):
