@@ -186,7 +186,13 @@ def _load_identities(args: Args) -> list:
 
 
 async def _run(args: Args, target: Target) -> int:
-    from ssh3.aio.client import ConnectParams, SSH3ClientError, establish, open_connection
+    from ssh3.aio.client import (
+        ConnectParams,
+        SSH3ClientError,
+        establish,
+        open_connection,
+        wait_settings,
+    )
     from ssh3.known_hosts import canonical_host, default_path
 
     from .hostkeys import HostKeyVerifier
@@ -209,6 +215,7 @@ async def _run(args: Args, target: Target) -> int:
     try:
         async with open_connection(params) as protocol:
             conv = await establish(protocol, params)
+            await wait_settings(protocol)
             code = await run_session(conv, request)
             return code
     except SSH3ClientError as exc:
@@ -246,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(_run(args, target))
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # our stdout went away (`ssh3 host cmd | head`): stop quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 255
     with contextlib.suppress(OSError):
         sys.stdout.flush()
     return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -78,8 +79,16 @@ class StdinReader:
                     select.select([self.fd], [], [])
                     continue
                 data = b""
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def put(chunk: bytes = data, done: concurrent.futures.Future[None] = done) -> None:
+                # the coroutine is created in the loop: never left un-awaited
+                task = asyncio.ensure_future(self._queue.put(chunk))
+                task.add_done_callback(lambda t: done.set_result(None))
+
             try:
-                asyncio.run_coroutine_threadsafe(self._queue.put(data), self._loop).result()
+                self._loop.call_soon_threadsafe(put)
+                done.result()
             except (RuntimeError, Exception):  # noqa: BLE001 - the loop is gone: stop
                 return
             if not data:

@@ -84,7 +84,7 @@ class SSH3Server(ProtocolHandler):
             self.config.bind_port,
             configuration=self._quic_configuration(),
             create_protocol=protocol_factory(self.backend, self),
-            session_ticket_fetcher=self._tickets.pop,
+            session_ticket_fetcher=lambda label: self._tickets.pop(label, None),
             session_ticket_handler=self._store_ticket,
         )
         transport = self._server._transport  # type: ignore[attr-defined]

@@ -104,6 +104,8 @@ class Session:
                 finally:
                     for w in waits:
                         w.cancel()
+                if self.exit_sent.is_set() and self.ctx.peer_extensions & EXT_CHANNEL_EOF:
+                    self.channel.send_eof()  # both directions done: the stream closes
                 return
             await self._handle(msg)
 
