@@ -209,7 +209,8 @@ class SSH3Server(ProtocolHandler):
             switch_user=self._running_as_root and user.uid != os.geteuid(),
             peer=_addr_text(protocol.remote_address),
             local=_addr_text(self.address),
-            peer_extensions=protocol.connection.peer_extensions,
+            extensions_of_peer=lambda: protocol.connection.peer_extensions,
+            end_conversation=conv.close,
         )
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
         self._respond(protocol, event, 200, end=False)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ssh3.aio.channel import Channel, ChannelClosed
@@ -50,8 +51,16 @@ class SessionContext:
     switch_user: bool
     peer: str  # "ip port" of the client
     local: str  # "ip port" of the server
-    peer_extensions: int
+    # read when needed: the client's SETTINGS may arrive after its CONNECT
+    extensions_of_peer: Callable[[], int]
     extra_env: dict[str, str] = field(default_factory=dict)
+    # ends the whole conversation (what a FIN means from a reference-style client)
+    end_conversation: Callable[[str], None] | None = None
+
+
+    @property
+    def peer_extensions(self) -> int:
+        return self.extensions_of_peer()
 
 
 class SessionError(Exception):
@@ -114,8 +123,12 @@ class Session:
             if self.child is not None:
                 self._spawn(self._put_stdin(None))
         else:
-            # a reference client FINs only when it goes away (§6.4)
+            # without the extension a FIN means the client went away: like the
+            # reference (§6.6), end the channel and the whole conversation
+            self.channel.send_eof()
             self.channel._feed_error("client closed the session channel")
+            if self.ctx.end_conversation is not None:
+                self.ctx.end_conversation("client closed a session channel")
 
     async def _handle(self, msg: Message) -> None:
         if isinstance(msg, ChannelData):
