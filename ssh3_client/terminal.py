@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import os
@@ -56,13 +55,15 @@ def raw_mode(fd: int) -> Iterator[None]:
 
 class StdinReader:
     """Reads stdin in a thread with blocking reads, so the fd (often shared with
-    stdout and the user's shell) is never switched to non-blocking mode. Chunks
-    go through a small bounded queue: back-pressure towards the remote side."""
+    stdout and the user's shell) is never switched to non-blocking mode. At most a
+    few chunks are in flight (a semaphore): back-pressure towards the remote side,
+    and nothing asyncio-owned is left pending in the thread when the loop ends."""
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, depth: int = 8) -> None:
         self.fd = fd
         self._loop = loop
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=8)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
         self._thread = threading.Thread(target=self._run, name="ssh3-stdin", daemon=True)
 
     def start(self) -> None:
@@ -70,30 +71,27 @@ class StdinReader:
 
     def _run(self) -> None:
         while True:
+            self._slots.acquire()
             try:
                 data = os.read(self.fd, STDIN_CHUNK)
             except InterruptedError:
+                self._slots.release()
                 continue
             except OSError as exc:
                 if exc.errno == errno.EAGAIN:
+                    self._slots.release()
                     select.select([self.fd], [], [])
                     continue
                 data = b""
-            done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-            def put(chunk: bytes = data, done: concurrent.futures.Future[None] = done) -> None:
-                # the coroutine is created in the loop: never left un-awaited
-                task = asyncio.ensure_future(self._queue.put(chunk))
-                task.add_done_callback(lambda t: done.set_result(None))
-
             try:
-                self._loop.call_soon_threadsafe(put)
-                done.result()
-            except (RuntimeError, Exception):  # noqa: BLE001 - the loop is gone: stop
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+            except RuntimeError:  # the loop is closed: nobody wants more input
                 return
             if not data:
                 return
 
     async def read(self) -> bytes:
         """Next chunk; b"" at EOF."""
-        return await self._queue.get()
+        data = await self._queue.get()
+        self._slots.release()
+        return data
