@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "AuthorizedKeysFile: %%h is the home directory, %%u the user name, "
                         "relative paths are under the home; repeatable (default "
                         "%%h/.ssh3/authorized_identities and %%h/.ssh/authorized_keys)")
+    p.add_argument("-enable-password-login", action="store_true",
+                   help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
+                        "off by default")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
                           cert_path=args.cert, key_path=args.key, backend=args.quic_backend,
-                          authorized_keys_files=args.authorized_keys_file)
+                          authorized_keys_files=args.authorized_keys_file,
+                          enable_password_login=args.enable_password_login)
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):
