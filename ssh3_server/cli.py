@@ -38,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-enable-password-login", action="store_true",
                    help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
                         "off by default")
+    p.add_argument("-per-source-penalties", choices=("yes", "no"), default="yes",
+                   help="refuse sources with repeated failed logins for a while, without "
+                        "checking their credentials (default yes)")
+    p.add_argument("-penalty-exempt", action="append", default=[], metavar="NETWORKS",
+                   help="comma-separated networks never penalised (repeatable)")
+    p.add_argument("-max-auth-tries", type=int, default=6, metavar="N",
+                   help="failed authentications on one connection before it is closed "
+                        "(default 6)")
+    p.add_argument("-login-grace-time", type=float, default=120.0, metavar="SECONDS",
+                   help="time a connection may stay unauthenticated (default 120)")
+    p.add_argument("-max-unauthenticated", type=int, default=100, metavar="N",
+                   help="connections not yet authenticated at once (default 100)")
+    p.add_argument("-disable-tcp-forwarding", action="store_true",
+                   help="refuse direct-tcp channels (the client's -L / -forward-tcp)")
+    p.add_argument("-disable-udp-forwarding", action="store_true",
+                   help="refuse direct-udp channels (the client's -forward-udp)")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -101,12 +117,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssh3-server: the {what} file {path} does not exist: give -cert/-key, or "
                   "-generate-selfsigned-cert to create a pair", file=sys.stderr)
             return 1
+    from .penalties import PenaltyPolicy, parse_networks
     from .server import ServerConfig, SSH3Server
+
+    try:
+        exempt = parse_networks(args.penalty_exempt)
+    except ValueError as exc:
+        print(f"ssh3-server: {exc}", file=sys.stderr)
+        return 2
+    if args.max_auth_tries < 1 or args.max_unauthenticated < 1 or args.login_grace_time <= 0:
+        print("ssh3-server: -max-auth-tries, -max-unauthenticated and -login-grace-time "
+              "must be positive", file=sys.stderr)
+        return 2
 
     config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
                           cert_path=args.cert, key_path=args.key, backend=args.quic_backend,
                           authorized_keys_files=args.authorized_keys_file,
-                          enable_password_login=args.enable_password_login)
+                          enable_password_login=args.enable_password_login,
+                          penalties=PenaltyPolicy(enabled=args.per_source_penalties == "yes",
+                                                  exempt=exempt),
+                          max_auth_tries=args.max_auth_tries,
+                          login_grace_time=args.login_grace_time,
+                          max_unauthenticated=args.max_unauthenticated,
+                          allow_tcp_forwarding=not args.disable_tcp_forwarding,
+                          allow_udp_forwarding=not args.disable_udp_forwarding)
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):

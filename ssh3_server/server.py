@@ -7,7 +7,7 @@ import logging
 import os
 import pwd
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,6 +23,14 @@ from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
 from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
+from .forwarding import (
+    FORWARD_TYPES,
+    ForwardContext,
+    ForwardingConversation,
+    ForwardingPolicy,
+    serve_forward_channel,
+)
+from .penalties import PenaltyBox, PenaltyPolicy
 from .process import UserInfo
 from .sessions import Session, SessionContext
 
@@ -43,8 +51,15 @@ class ServerConfig:
     backend: str | None = None
     idle_timeout: float = 30.0
     enable_password_login: bool = False
+    penalties: PenaltyPolicy = field(default_factory=PenaltyPolicy)
+    max_auth_tries: int = 6  # failed attempts on one connection before it is closed
+    login_grace_time: float = 120.0  # seconds a connection may stay unauthenticated
+    max_unauthenticated: int = 100  # connections not yet authenticated, at once
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
+    # -disable-tcp-forwarding / -disable-udp-forwarding refuse direct-tcp / direct-udp
+    allow_tcp_forwarding: bool = True
+    allow_udp_forwarding: bool = True
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -65,6 +80,8 @@ class SSH3Server(ProtocolHandler):
         self._running_as_root = os.geteuid() == 0
         self._own_user = pwd.getpwuid(os.geteuid()).pw_name
         self.address: tuple[str, int] | None = None
+        self.penalties = PenaltyBox(config.penalties)
+        self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,14 +213,30 @@ class SSH3Server(ProtocolHandler):
             return
         query = parse_qs(urlsplit(target).query)
         username = unquote(query.get("user", [""])[0])
-        user = await self._authenticate(protocol, username, conv_id,
-                                        headers.get(b"authorization", b""), peer)
-        if user is None:
+        host = protocol.remote_address[0] if protocol.remote_address else ""
+        protocol.ssh3_attempted = True  # type: ignore[attr-defined]
+        left = self.penalties.remaining(host)
+        if left:
+            audit.info("auth refused from %s user=%r: source penalised for %.0f more s "
+                       "(no credential checked)", peer, username, left)
             self._respond(protocol, event, 401)
             return
+        user = await self._authenticate(protocol, username, conv_id,
+                                        headers.get(b"authorization", b""), peer, host)
+        if user is None:
+            self._respond(protocol, event, 401)
+            failures = getattr(protocol, "auth_failures", 0) + 1
+            protocol.auth_failures = failures  # type: ignore[attr-defined]
+            if failures >= self.config.max_auth_tries:
+                audit.info("closing connection from %s: %d failed authentications", peer,
+                           failures)
+                protocol.close_connection(H3_NO_ERROR, "too many authentication failures")
+            return
+        self._authenticated(protocol)
         if protocol.terminated.is_set():
             return
-        conv = Conversation(protocol, event.stream_id)
+        # keeps datagrams that overtake their direct-udp channel (Q10)
+        conv = ForwardingConversation(protocol, event.stream_id)
         self._conversations.add(conv)
         conv.add_end_callback(self._conversations.discard)
         ctx = SessionContext(
@@ -222,7 +255,7 @@ class SSH3Server(ProtocolHandler):
                                user.name, c.end_reason))
 
     async def _authenticate(self, protocol: SSH3Protocol, username: str, conv_id: bytes,
-                            authorization: bytes, peer: str) -> UserInfo | None:
+                            authorization: bytes, peer: str, host: str) -> UserInfo | None:
         """One attempt, logged once (time, source, user, method, key, result)."""
         started = time.monotonic()
         text = authorization.decode("ascii", "replace")
@@ -252,6 +285,9 @@ class SSH3Server(ProtocolHandler):
             outcome.reason = "no credentials"
             return None
         finally:
+            if not outcome.accepted:
+                self.penalties.penalise(
+                    host, "invaliduser" if outcome.reason == "no such user" else "authfail")
             audit.info("auth %s from %s user=%r method=%s key=%s%s (%.1f ms)",
                        "accepted" if outcome.accepted else "refused", peer, username, method,
                        outcome.fingerprint, f" reason={outcome.reason}" if outcome.reason else "",
@@ -311,6 +347,13 @@ class SSH3Server(ProtocolHandler):
 
     async def _serve_channel(self, conv: Conversation, channel: Channel,
                              ctx: SessionContext) -> None:
+        if channel.channel_type in FORWARD_TYPES:
+            await serve_forward_channel(
+                conv, channel,
+                ForwardContext(ctx.user.name, ctx.peer, lambda: ctx.peer_extensions != 0),
+                ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
+                                 allow_udp=self.config.allow_udp_forwarding))
+            return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)
             channel.send(ChannelOpenConfirmation(DEFAULT_MAX_PACKET_SIZE))
@@ -334,7 +377,40 @@ class SSH3Server(ProtocolHandler):
             channel.reset(H3_REQUEST_INCOMPLETE)
         channel.protocol.forget_channel(channel.channel_id)
 
+    # ------------------------------------------------------------ connections
+
+    def connection_started(self, protocol: SSH3Protocol) -> None:
+        if len(self._unauthenticated) >= self.config.max_unauthenticated:
+            log.warning("refusing a connection: %d connections are not authenticated yet",
+                        len(self._unauthenticated))
+            asyncio.get_running_loop().call_soon(protocol.close_connection, H3_NO_ERROR,
+                                                 "too many unauthenticated connections")
+            return
+        timer = asyncio.get_running_loop().call_later(
+            self.config.login_grace_time, self._grace_expired, protocol)
+        self._unauthenticated[protocol] = timer
+
+    def _authenticated(self, protocol: SSH3Protocol) -> None:
+        timer = self._unauthenticated.pop(protocol, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _grace_expired(self, protocol: SSH3Protocol) -> None:
+        if self._unauthenticated.pop(protocol, None) is None:
+            return
+        log.info("closing connection from %s: not authenticated within %.0f s",
+                 protocol._peer_text(), self.config.login_grace_time)
+        if protocol.remote_address and getattr(protocol, "ssh3_attempted", False):
+            self.penalties.penalise(protocol.remote_address[0], "grace_exceeded")
+        protocol.close_connection(H3_NO_ERROR, "authentication timeout")
+
     def connection_lost(self, protocol: SSH3Protocol) -> None:
+        timer = self._unauthenticated.pop(protocol, None)
+        if timer is not None:
+            timer.cancel()
+            # only connections that tried the secret path: a scanner's 404s say nothing
+            if protocol.remote_address and getattr(protocol, "ssh3_attempted", False):
+                self.penalties.penalise(protocol.remote_address[0], "noauth")
         log.debug("connection from %s closed", protocol._peer_text())
 
 

@@ -27,6 +27,9 @@ class ProtocolHandler:
     def request_received(self, protocol: SSH3Protocol, event: c.RequestReceived) -> None:
         protocol.connection.send_headers(event.stream_id, [(b":status", b"404")], end_stream=True)
 
+    def connection_started(self, protocol: SSH3Protocol) -> None:
+        return None
+
     def connection_lost(self, protocol: SSH3Protocol) -> None:
         return None
 
@@ -46,6 +49,7 @@ def protocol_factory(backend: Backend, handler: ProtocolHandler) -> Callable[...
     def create(quic: Any, *args: Any, **kwargs: Any) -> Any:
         proto = cls(quic, *args, **kwargs)
         proto.setup(handler)
+        handler.connection_started(proto)
         return proto
 
     return create
@@ -103,6 +107,12 @@ class SSH3ProtocolMixin:
             return
         for ev in events:
             self._dispatch(ev)
+
+    def close_connection(self, error_code: int = c.H3_NO_ERROR, reason: str = "") -> None:
+        """CONNECTION_CLOSE with the normal closing period (servers: the connection
+        leaves the server's tables when the period ends)."""
+        self._quic.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
 
     def close_now(self, error_code: int = c.H3_NO_ERROR, reason: str = "") -> None:
         """Send CONNECTION_CLOSE and stop at once, without the closing period
