@@ -311,3 +311,49 @@ def certificate_matches_name(der: bytes, name: str) -> bool:
     if not host:
         return False
     return any(_match_dns(pattern, host) for pattern in san.get_values_for_type(x509.DNSName))
+
+
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                     "/etc/ssl/cert.pem")
+
+
+def _default_bundle() -> str | None:
+    # SSL_CERT_FILE: the variable OpenSSL and Python's ssl module honour too
+    override = os.environ.get("SSL_CERT_FILE")
+    if override:
+        return override
+    for path in SYSTEM_CA_BUNDLES:
+        if os.path.exists(path):
+            return path
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
+
+
+def verify_chain(leaf_der: bytes, chain_der: list[bytes], hostname: str,
+                 bundle: str | None = None) -> str | None:
+    """Verify a server certificate against the system's (or `bundle`'s) trusted roots
+    for `hostname`, like a browser would. Returns None when it verifies, else why
+    not (for the user-facing message)."""
+    from cryptography.x509 import verification
+
+    path = bundle or _default_bundle()
+    if path is None:
+        return "no trusted root certificates found on this system"
+    try:
+        with open(path, "rb") as f:
+            roots = x509.load_pem_x509_certificates(f.read())
+        store = verification.Store(roots)
+        try:
+            subject: verification.DNSName | verification.IPAddress = verification.IPAddress(
+                ipaddress.ip_address(hostname.strip("[]")))
+        except ValueError:
+            subject = verification.DNSName(hostname)
+        verifier = verification.PolicyBuilder().store(store).build_server_verifier(subject)
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        verifier.verify(leaf, [x509.load_der_x509_certificate(d) for d in chain_der])
+    except (OSError, ValueError, verification.VerificationError) as exc:
+        return str(exc) or type(exc).__name__
+    return None

@@ -7,7 +7,7 @@ import os
 import sys
 
 from ssh3.aio.client import HostKeyError
-from ssh3.certs import fingerprint, is_self_signed_ca
+from ssh3.certs import fingerprint, is_self_signed_ca, verify_chain
 from ssh3.known_hosts import KnownHosts, mismatch_message
 
 STRICT_YES = "yes"
@@ -35,12 +35,15 @@ def _ask_yes_no(question: str) -> bool | None:
 
 class HostKeyVerifier:
     def __init__(self, known_hosts_path: str, canonical_host: str,
-                 strict: str = STRICT_ASK) -> None:
+                 strict: str = STRICT_ASK, hostname: str | None = None,
+                 ca_bundle: str | None = None) -> None:
         self.path = known_hosts_path
         self.host = canonical_host
         self.strict = strict
+        self.hostname = hostname  # for verification against the system's CAs
+        self.ca_bundle = ca_bundle
 
-    async def __call__(self, der: bytes) -> None:
+    async def __call__(self, der: bytes, chain: list[bytes] | None = None) -> None:
         known = KnownHosts.load(self.path)
         for warning in known.warnings:
             print(f"ssh3: warning: {warning}", file=sys.stderr)
@@ -50,15 +53,20 @@ class HostKeyVerifier:
         if state == "mismatch":
             lines = [e.line_number for e in known.entries_for(self.host)]
             raise HostKeyError(mismatch_message(self.path, self.host, lines, der))
-        # unknown host
+        # unknown host: a certificate from a CA the system trusts is fine as is
+        # (like the reference, which adds known_hosts to the system roots)
+        ca_error = (verify_chain(der, chain or [], self.hostname, self.ca_bundle)
+                    if self.hostname else "no host name to verify")
+        if ca_error is None:
+            return
         if self.strict == STRICT_NO:
             known.add(self.host, der)
             return
         if not is_self_signed_ca(der):
             raise HostKeyError(
-                f"the certificate of {self.host} is not known and is not a self-signed "
-                "certificate that could be trusted on first use; use a certificate from a "
-                "CA you trust, or -insecure for testing")
+                f"the certificate of {self.host} does not verify ({ca_error}) and is not a "
+                "self-signed certificate that could be trusted on first use: use a "
+                "certificate from a CA you trust, or -insecure for testing")
         print_fp = fingerprint(der)
         if self.strict == STRICT_ACCEPT_NEW:
             known.add(self.host, der)

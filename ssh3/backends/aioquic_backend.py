@@ -29,6 +29,11 @@ def _peer_certificate_der(quic: Any) -> bytes | None:
     return None if cert is None else cert.public_bytes(Encoding.DER)
 
 
+def _peer_chain_der(quic: Any) -> list[bytes]:
+    chain = getattr(quic.tls, "_peer_certificate_chain", None) or []
+    return [c.public_bytes(Encoding.DER) for c in chain]
+
+
 def _handshake_complete(quic: Any) -> bool:
     return bool(quic._handshake_complete)
 
@@ -67,6 +72,7 @@ def make_backend() -> Backend:
         tls_module=aioquic.tls,
         send_buffer_size=_send_buffer_size,
         peer_certificate_der=_peer_certificate_der,
+        peer_chain_der=_peer_chain_der,
         handshake_complete=_handshake_complete,
         peer_max_datagram_frame_size=_peer_max_datagram_frame_size,
         configure_client=_configure_client,

@@ -24,6 +24,7 @@ class Backend:
     # operations whose spelling differs between libraries
     send_buffer_size: Callable[[Any, int], int]
     peer_certificate_der: Callable[[Any], bytes | None]
+    peer_chain_der: Callable[[Any], list[bytes]]
     handshake_complete: Callable[[Any], bool]
     peer_max_datagram_frame_size: Callable[[Any], int | None]
     configure_client: Callable[[Any], None]

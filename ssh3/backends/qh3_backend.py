@@ -23,8 +23,14 @@ def _send_buffer_size(quic: Any, stream_id: int) -> int:
 
 def _peer_certificate_der(quic: Any) -> bytes | None:
     cert = quic.get_peercert()
-    if cert is None:
-        return None
+    return None if cert is None else _der(cert)
+
+
+def _peer_chain_der(quic: Any) -> list[bytes]:
+    return [_der(c) for c in quic.get_issuercerts() or []]
+
+
+def _der(cert: Any) -> bytes:
     if isinstance(cert, bytes | bytearray):
         return bytes(cert)
     if hasattr(cert, "public_bytes"):
@@ -79,6 +85,7 @@ def make_backend() -> Backend:
         tls_module=qh3.tls,
         send_buffer_size=_send_buffer_size,
         peer_certificate_der=_peer_certificate_der,
+        peer_chain_der=_peer_chain_der,
         handshake_complete=_handshake_complete,
         peer_max_datagram_frame_size=_peer_max_datagram_frame_size,
         configure_client=_configure_client,
