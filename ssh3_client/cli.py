@@ -19,14 +19,24 @@ Port 443 and path /ssh3-term are the defaults.
 
 flags:
   -i, -privkey FILE    private key to authenticate with (repeatable); default:
-                       ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa in that order
+                       ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa, ~/.ssh/id_rsa in that order.
+                       The agent's keys ($SSH_AUTH_SOCK) are tried first.
+  -pubkey-for-agent FILE  use only the agent key with this public key (repeatable)
+  -use-password        log in with a password (asked on the terminal, or SSH_ASKPASS)
   -l USER              remote user (default: from the target, else the local user)
   -p PORT              port (default 443)
   -url-path PATH       secret URL path (default /ssh3-term)
   -t                   force a pseudo-terminal
   -T                   disable the pseudo-terminal
   -o OPTION=VALUE      StrictHostKeyChecking=yes|accept-new|no|ask,
-                       UserKnownHostsFile=FILE
+                       UserKnownHostsFile=FILE, IdentitiesOnly=yes (no agent keys
+                       but those of the key files), IdentityAgent=SOCKET|none,
+                       BatchMode=yes, NumberOfPasswordPrompts=N
+  -L [BIND:]PORT:HOST:HOSTPORT  forward local TCP port PORT to HOST:HOSTPORT through
+                       the server (OpenSSH syntax; HOST is resolved here); repeatable
+  -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
+  -forward-udp LPORT/IP@PORT  forward local UDP port LPORT to IP:PORT; repeatable
+  -N                   no command or shell: only forward, until interrupted
   -insecure            do not verify the server's certificate
   -quic-backend NAME   aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)
   -v                   debug logging on stderr
@@ -37,12 +47,14 @@ Exit status: the remote command's, 128+N if it was killed by signal N,
 255 if the connection or authentication failed.
 """
 
-DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
-
-_VALUE_FLAGS = {"-i": "identity", "-privkey": "identity", "-l": "user", "-p": "port",
-                "-o": "option", "-url-path": "url_path", "-quic-backend": "backend"}
+_VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
+                "-pubkey-for-agent": "pubkey_for_agent", "-l": "user", "-p": "port",
+                "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
+                "-L": "forward_L", "-forward-tcp": "forward_tcp",
+                "-forward-udp": "forward_udp"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
-               "-version": "version", "-h": "help", "-help": "help", "--help": "help"}
+               "-version": "version", "-h": "help", "-help": "help", "--help": "help",
+               "-N": "no_command", "-use-password": "use_password"}
 
 
 class UsageError(Exception):
@@ -52,6 +64,7 @@ class UsageError(Exception):
 @dataclass
 class Args:
     identities: list[str] = field(default_factory=list)
+    pubkeys_for_agent: list[str] = field(default_factory=list)
     user: str | None = None
     port: int | None = None
     url_path: str | None = None
@@ -65,6 +78,10 @@ class Args:
     backend: str | None = None
     target: str | None = None
     command: list[str] = field(default_factory=list)
+    forwards: list = field(default_factory=list)  # ssh3_client.forwarding.ForwardSpec
+    no_command: bool = False
+    use_password: bool = False
+    target_host: str = ""
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -96,7 +113,7 @@ def parse_args(argv: list[str]) -> Args:
             i += 1
             continue
         # OpenSSH-style attached values: -p2222, -ifile, -lalice
-        if len(arg) > 2 and arg[:2] in ("-i", "-l", "-p", "-o") and not eq:
+        if len(arg) > 2 and arg[:2] in ("-i", "-l", "-p", "-o", "-L") and not eq:
             _set_value(args, _VALUE_FLAGS[arg[:2]], arg[2:])
             i += 1
             continue
@@ -111,6 +128,16 @@ def parse_args(argv: list[str]) -> Args:
 def _set_value(args: Args, key: str, value: str) -> None:
     if key == "identity":
         args.identities.append(value)
+    elif key.startswith("forward_"):
+        from .forwarding import ForwardError, parse_local_forward, parse_reference_spec
+
+        try:
+            args.forwards.append(parse_local_forward(value) if key == "forward_L"
+                                 else parse_reference_spec(value, key[-3:]))  # type: ignore[arg-type]
+        except ForwardError as exc:
+            raise UsageError(str(exc)) from None
+    elif key == "pubkey_for_agent":
+        args.pubkeys_for_agent.append(value)
     elif key == "port":
         try:
             port = int(value)
@@ -153,38 +180,6 @@ def parse_target(text: str, args: Args) -> Target:
     return Target(url.hostname, url_port or args.port or 443, path, user)
 
 
-def _load_identities(args: Args) -> list:
-    from ssh3.aio.client import private_key_identity
-    from ssh3.auth.keys import KeyLoadError, PassphraseRequired, load_private_key
-
-    explicit = bool(args.identities)
-    paths = args.identities or list(DEFAULT_IDENTITIES)
-    identities = []
-    for raw in paths:
-        path = os.path.expanduser(raw)
-        if not explicit and not os.path.exists(path):
-            continue
-        try:
-            key = load_private_key(path)
-        except PassphraseRequired:
-            try:
-                passphrase = getpass.getpass(f"Enter passphrase for key '{path}': ")
-            except (EOFError, OSError):
-                print(f"ssh3: cannot ask for the passphrase of {path}; skipped",
-                      file=sys.stderr)
-                continue
-            try:
-                key = load_private_key(path, passphrase.encode())
-            except KeyLoadError as exc:
-                print(f"ssh3: {path}: {exc}; skipped", file=sys.stderr)
-                continue
-        except (KeyLoadError, OSError) as exc:
-            print(f"ssh3: cannot use identity {path}: {exc}", file=sys.stderr)
-            continue
-        identities.append(private_key_identity(path, key))
-    return identities
-
-
 async def _run(args: Args, target: Target) -> int:
     from ssh3.aio.client import (
         ConnectParams,
@@ -195,15 +190,18 @@ async def _run(args: Args, target: Target) -> int:
     )
     from ssh3.known_hosts import canonical_host, default_path
 
+    from .forwarding import ForwardError, Forwarding, forward_until_stopped
     from .hostkeys import HostKeyVerifier
+    from .identities import load_identities
     from .session import SessionRequest, run_session
 
-    identities = _load_identities(args)
+    args.target_host = target.host
+    identities = await load_identities(args)
     known_hosts = os.path.expanduser(args.options.get("userknownhostsfile", "") or default_path())
     strict = args.options.get("stricthostkeychecking", "ask").lower()
     strict = {"off": "no", "false": "no", "true": "yes", "on": "yes"}.get(strict, strict)
     verifier = HostKeyVerifier(known_hosts, canonical_host(target.host, target.port, target.path),
-                               strict)
+                               strict, hostname=target.host)
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier)
@@ -216,8 +214,15 @@ async def _run(args: Args, target: Target) -> int:
         async with open_connection(params) as protocol:
             conv = await establish(protocol, params)
             await wait_settings(protocol)
-            code = await run_session(conv, request)
-            return code
+            # listeners are up before the session starts, and close when it ends
+            async with Forwarding(conv, args.forwards):
+                if args.no_command:
+                    return await forward_until_stopped(conv)
+                code = await run_session(conv, request)
+                return code
+    except ForwardError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     except SSH3ClientError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -241,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.target:
         print(USAGE, end="", file=sys.stderr)
+        return 255
+    if args.no_command and args.command:
+        print("ssh3: -N runs no command: give either -N or a command", file=sys.stderr)
         return 255
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="ssh3: %(name)s: %(message)s")

@@ -585,7 +585,7 @@ def library_params(server: Server, key: Path, backend: str) -> object:
 
     expected = server.der
 
-    async def pin(der: bytes) -> None:
+    async def pin(der: bytes, chain: list[bytes] | None = None) -> None:
         if der != expected:
             raise HostKeyError("not the test server's certificate")
 

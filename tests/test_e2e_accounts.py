@@ -146,3 +146,22 @@ def test_password_login_is_off_by_default(tmp_path: Path, account: pwd.struct_pa
         assert "password login is disabled" in srv.log()
     finally:
         srv.stop()
+
+
+def test_client_use_password_with_askpass(server: tuple[Server, Path], tmp_path: Path) -> None:
+    """`ssh3 -use-password`: the password comes from SSH_ASKPASS (no terminal)."""
+    srv, _ = server
+    askpass = tmp_path / "askpass.sh"
+    askpass.write_text(f"#!/bin/sh\necho '{PASSWORD}'\n")
+    askpass.chmod(0o700)
+    env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+               HOME=str(tmp_path))
+    argv = ["ssh3", "-insecure", "-use-password", f"{ACCOUNT}@{srv.target()}", "id -un"]
+    r = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                       env=env, start_new_session=True)
+    assert (r.returncode, r.stdout) == (0, f"{ACCOUNT}\n".encode()), r.stderr
+    askpass.write_text("#!/bin/sh\necho wrong\n")
+    r = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                       env=dict(env, SSH3_TEST="1"), start_new_session=True)
+    assert r.returncode == 255 and b"401" in r.stderr, r.stderr
+    assert r.stderr.count(b"Permission denied, please try again.") == 2  # 3 prompts

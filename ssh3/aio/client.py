@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,12 +55,22 @@ class HostKeyError(SSH3ClientError):
     pass
 
 
+class IdentityUnavailable(Exception):
+    """Raised by `Identity.make_authorization` when that identity cannot be used
+    after all (no passphrase, the agent refused...): `establish` skips it."""
+
+
 @dataclass
 class Identity:
-    """A way to fill the Authorization header for a given conversation ID."""
+    """A way to fill the Authorization header for a given conversation ID.
+
+    `make_authorization(user, conversation_id)` is called only when the identity
+    is tried; it may return an awaitable (it can prompt or ask an agent) and may
+    raise `IdentityUnavailable` to be skipped.
+    """
 
     label: str
-    make_authorization: Callable[[str, bytes], str]
+    make_authorization: Callable[[str, bytes], str | Awaitable[str]]
 
 
 def private_key_identity(label: str, private_key: Any) -> Identity:
@@ -79,9 +90,9 @@ class ConnectParams:
     backend: str | None = None
     insecure: bool = False
     server_name: str | None = None
-    # called with the server's leaf certificate (DER) after the handshake and before
-    # any credential is sent; raise HostKeyError to refuse
-    verify_certificate: Callable[[bytes], Awaitable[None]] | None = None
+    # called with the server's leaf certificate and the rest of its chain (DER) after
+    # the handshake and before any credential is sent; raise HostKeyError to refuse
+    verify_certificate: Callable[[bytes, list[bytes]], Awaitable[None]] | None = None
     connect_timeout: float = 15.0
     idle_timeout: float = 30.0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -155,7 +166,7 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
             der = backend.peer_certificate_der(protocol._quic)
             if der is None:
                 raise HostKeyError("the server presented no certificate")
-            await params.verify_certificate(der)
+            await params.verify_certificate(der, backend.peer_chain_der(protocol._quic))
         yield protocol
     finally:
         protocol.close_now()
@@ -220,14 +231,45 @@ async def send_connect(protocol: SSH3Protocol, params: ConnectParams, authorizat
     return Response(status, resp_headers, body, sid)
 
 
+KEEPALIVE_INTERVAL = 10.0  # while an identity is being prepared (a passphrase prompt)
+
+
+async def _prepare(protocol: SSH3Protocol, identity: Identity, user: str,
+                   conv_id: bytes) -> str:
+    """The identity's Authorization value; PINGs keep the connection from idling
+    out (30 s) while a slow preparation (a human typing a passphrase) runs."""
+    result = identity.make_authorization(user, conv_id)
+    if not inspect.isawaitable(result):
+        return result
+    task = asyncio.ensure_future(result)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_INTERVAL)
+            if done:
+                return task.result()
+            protocol._quic.send_ping(0)
+            protocol.transmit()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversation:
     """Authenticate with each identity in turn; return the conversation on 200."""
     conv_id = protocol.connection.conversation_id
     if conv_id is None:
         raise SSH3ClientError("the TLS exporter is unavailable (handshake incomplete)")
     tried: list[str] = []
+    skipped: list[str] = []
     for identity in params.identities:
-        authorization = identity.make_authorization(params.user, conv_id)
+        try:
+            authorization = await _prepare(protocol, identity, params.user, conv_id)
+        except IdentityUnavailable as exc:
+            log.debug("identity %s skipped: %s", identity.label, exc)
+            skipped.append(identity.label)
+            continue
         version = OUR_VERSION
         for _attempt in range(5):
             response = await send_connect(protocol, params, authorization, version)
@@ -260,6 +302,10 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversati
         raise SSH3ClientError(
             f"unexpected HTTP status {response.status} from the server: "
             f"{response.body.decode('utf-8', 'replace').strip()}")
+    if not tried and skipped:
+        raise AuthenticationFailed(
+            f"no usable identity to authenticate {params.user}@{params.host} with; skipped: "
+            + ", ".join(skipped))
     if not tried:
         raise AuthenticationFailed(
             f"no identity to authenticate {params.user}@{params.host} with: give one with "

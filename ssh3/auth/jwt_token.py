@@ -92,6 +92,29 @@ def build_token(
     if backdate < 0:
         raise ValueError("backdate must not be negative")
     alg = jwt_algorithm(private_key)
+    signing_input = token_signing_input(alg, user, conversation_id, now, backdate=backdate)
+    signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode("ascii"), private_key)
+    return finish_token(signing_input, signature)
+
+
+def token_signing_input(
+    alg: str,
+    user: str,
+    conversation_id: bytes,
+    now: int | None = None,
+    *,
+    backdate: int = 0,
+) -> str:
+    """``b64url(header).b64url(payload)`` of the §2.4.2 token, exactly as
+    :func:`build_token` signs it.
+
+    For signers that do not hold the private key here (an ssh-agent): sign
+    these ASCII bytes with the algorithm *alg* names, then :func:`finish_token`.
+    """
+    if alg not in ALLOWED_ALGORITHMS:
+        raise ValueError(f"unsupported JWT algorithm {alg!r}")
+    if backdate < 0:
+        raise ValueError("backdate must not be negative")
     if now is None:
         now = int(time.time())
     header = {"alg": alg, "typ": "JWT"}
@@ -104,8 +127,12 @@ def build_token(
         "jti": conversation_jti(conversation_id),
         "sub": SUBJECT,
     }
-    signing_input = _b64url(_go_json(header)) + "." + _b64url(_go_json(payload))
-    signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode("ascii"), private_key)
+    return _b64url(_go_json(header)) + "." + _b64url(_go_json(payload))
+
+
+def finish_token(signing_input: str, signature: bytes) -> str:
+    """The compact JWS from a :func:`token_signing_input` and its JWS-form signature
+    (EdDSA: 64 raw bytes; RS256: PKCS#1 v1.5; ES256/ES384: fixed-width r||s)."""
     return signing_input + "." + _b64url(signature)
 
 
@@ -271,5 +298,7 @@ __all__ = [
     "TokenError",
     "build_token",
     "conversation_jti",
+    "finish_token",
+    "token_signing_input",
     "verify_token",
 ]
