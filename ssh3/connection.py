@@ -38,7 +38,9 @@ SETTING_SSH3_EXTENSIONS = 0x5D7E_A3C1
 EXT_CHANNEL_EOF = 0x1  # a FIN on a session channel means stdin EOF, not "tear down"
 EXT_WINDOW_CHANGE = 0x2  # window-change is understood
 EXT_EXIT_SIGNAL = 0x4  # exit-signal is understood and sent
-OUR_EXTENSIONS = EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL
+# `direct-tcp-name@ssh3-py` channels are accepted: the server resolves the target name
+EXT_TCP_BY_NAME = 0x8
+OUR_EXTENSIONS = EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME
 
 # H3 error codes used by the reference (PROTOCOL.md §6.6)
 H3_NO_ERROR = 0x100

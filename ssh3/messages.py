@@ -51,6 +51,10 @@ _SIGNAL_BYTES = encode_varint(CHANNEL_SIGNAL)  # always the 8-byte form c0000000
 AF_IPV4 = 4
 AF_IPV6 = 6
 DIRECT_CHANNEL_TYPES = frozenset({"direct-tcp", "direct-udp"})
+# our extension (EXT_TCP_BY_NAME, docs/extensions.md): a direct-tcp whose target is
+# a name the acceptor resolves; after MaxPacketSize: host string, port u16
+TCP_BY_NAME_CHANNEL_TYPE = "direct-tcp-name@ssh3-py"
+MAX_TARGET_HOST_LEN = 255  # a DNS name's limit
 
 
 def _text(b: bytes) -> str:
@@ -487,6 +491,14 @@ class ChannelHeader:
             else:
                 out += encode_varint(AF_IPV6) + ip.packed
             out += encode_u16(port)
+        elif self.channel_type == TCP_BY_NAME_CHANNEL_TYPE:
+            if self.address is None:
+                raise ValueError(f"{self.channel_type} header needs an address")
+            host, port = self.address
+            name = host.encode()
+            if not 0 < len(name) <= MAX_TARGET_HOST_LEN:
+                raise ValueError(f"target host name of {len(name)} bytes")
+            out += encode_string(name) + encode_u16(port)
         elif self.address is not None:
             raise ValueError(f"channel type {self.channel_type!r} carries no address")
         return out
@@ -510,6 +522,11 @@ def _read_header_fields(r: Reader) -> ChannelHeader:
     channel_type = _text(r.read_string(MAX_CHANNEL_TYPE_LEN, what="channel type"))
     max_packet_size = r.read_varint()
     address = _read_address(r) if channel_type in DIRECT_CHANNEL_TYPES else None
+    if channel_type == TCP_BY_NAME_CHANNEL_TYPE:
+        host = _text(r.read_string(MAX_TARGET_HOST_LEN, what="target host"))
+        if not host:
+            raise ProtocolError("empty target host")
+        address = (host, r.read_u16())
     return ChannelHeader(control_stream_id, channel_type, max_packet_size, address)
 
 

@@ -36,6 +36,11 @@ flags:
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
   -forward-udp LPORT/IP@PORT  forward local UDP port LPORT to IP:PORT; repeatable
+  -D [BIND:]PORT       dynamic forwarding: a SOCKS4/4a/5 server on PORT (127.0.0.1
+                       unless BIND is given); names are resolved on the server when
+                       it supports that (ssh3-py servers), else here; repeatable
+  -A, -forward-agent   forward the local agent ($SSH_AUTH_SOCK, or -o IdentityAgent)
+                       to the session: SSH_AUTH_SOCK is set on the server
   -N                   no command or shell: only forward, until interrupted
   -insecure            do not verify the server's certificate
   -quic-backend NAME   aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)
@@ -51,10 +56,29 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-pubkey-for-agent": "pubkey_for_agent", "-l": "user", "-p": "port",
                 "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
-                "-forward-udp": "forward_udp"}
+                "-forward-udp": "forward_udp", "-D": "dynamic"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
-               "-N": "no_command", "-use-password": "use_password"}
+               "-N": "no_command", "-use-password": "use_password",
+               "-A": "forward_agent", "-forward-agent": "forward_agent",
+               # OpenSSH's, which sftp/scp/rsync/git pass (getopt style, bundled too)
+               "-n": "null_stdin", "-q": "quiet", "-s": "subsystem", "-G": "print_config",
+               "-V": "version"}
+_VALUE_FLAGS.update({"-F": "config_file", "-e": "escape_char"})
+# OpenSSH flags that change nothing for ssh3: QUIC/TLS chooses ciphers and MACs,
+# there is no X11 forwarding to turn off (-x, -a), compression is not negotiated
+_IGNORED_BOOL = {"-x", "-a", "-C", "-4", "-6", "-k", "-K", "-g", "-y", "-1", "-2"}
+_IGNORED_VALUE = {"-c", "-m", "-E", "-S", "-B"}
+_WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
+              "-Y": "X11 forwarding is not supported: -Y ignored"}
+_WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
+_UNSUPPORTED = {"-R": "remote forwarding (-R)",
+                "-J": "jump hosts (-J)", "-W": "stdio forwarding (-W)",
+                "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
+                "-Q": "queries (-Q)", "-f": "going to the background (-f)",
+                "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
+                "-P": "-P tag"}
+_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-W", "-O", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -82,6 +106,16 @@ class Args:
     no_command: bool = False
     use_password: bool = False
     target_host: str = ""
+    forward_agent: bool = False
+    dynamic: list = field(default_factory=list)  # ssh3_client.socks.SocksSpec (-D)
+    config_file: str | None = None  # -F
+    hostname: str | None = None  # HostName from the config: the alias's real name
+    null_stdin: bool = False  # -n
+    quiet: bool = False  # -q
+    subsystem: bool = False  # -s: the command is a subsystem name
+    print_config: bool = False  # -G
+    escape_char: str | None = None  # -e (accepted; only "none" behaviour exists)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -112,17 +146,49 @@ def parse_args(argv: list[str]) -> Args:
             _set_value(args, _VALUE_FLAGS[name], value)
             i += 1
             continue
-        # OpenSSH-style attached values: -p2222, -ifile, -lalice
-        if len(arg) > 2 and arg[:2] in ("-i", "-l", "-p", "-o", "-L") and not eq:
-            _set_value(args, _VALUE_FLAGS[arg[:2]], arg[2:])
-            i += 1
-            continue
-        raise UsageError(f"unknown flag {arg}")
+        # OpenSSH getopt style: bundled letters (-nT, -vvv) and attached values
+        # (-p2222, -oUser=x, "-oForwardX11 no"), or the value in the next argument
+        i = _parse_bundle(args, argv, i)
     rest = argv[i:]
     if rest:
         args.target = rest[0]
         args.command = rest[1:]
     return args
+
+
+def _parse_bundle(args: Args, argv: list[str], i: int) -> int:
+    """One getopt-style argument at argv[i]; returns the index of the next one."""
+    arg = argv[i]
+    pos = 1
+    while pos < len(arg):
+        flag = "-" + arg[pos]
+        pos += 1
+        takes_value = flag in _VALUE_FLAGS or flag in _IGNORED_VALUE or flag in _WARN_VALUE \
+            or flag in _UNSUPPORTED_TAKES_VALUE
+        value = ""
+        if takes_value:
+            if pos < len(arg):
+                value = arg[pos:]
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise UsageError(f"flag {flag} needs a value")
+            pos = len(arg)
+        # a flag implemented since (in _BOOL_FLAGS/_VALUE_FLAGS) wins over _UNSUPPORTED
+        if flag in _UNSUPPORTED and flag not in _BOOL_FLAGS and flag not in _VALUE_FLAGS:
+            raise UsageError(f"{_UNSUPPORTED[flag]} is not supported by ssh3")
+        if flag in _BOOL_FLAGS:
+            setattr(args, _BOOL_FLAGS[flag], True)
+        elif flag in _VALUE_FLAGS:
+            _set_value(args, _VALUE_FLAGS[flag], value)
+        elif flag in _WARN_BOOL:
+            args.warnings.append(_WARN_BOOL[flag])
+        elif flag in _WARN_VALUE:
+            args.warnings.append(_WARN_VALUE[flag])
+        elif flag not in _IGNORED_BOOL and flag not in _IGNORED_VALUE:
+            raise UsageError(f"unknown flag {flag}" + (f" in {arg}" if len(arg) > 2 else ""))
+    return i + 1
 
 
 def _set_value(args: Args, key: str, value: str) -> None:
@@ -134,6 +200,14 @@ def _set_value(args: Args, key: str, value: str) -> None:
         try:
             args.forwards.append(parse_local_forward(value) if key == "forward_L"
                                  else parse_reference_spec(value, key[-3:]))  # type: ignore[arg-type]
+        except ForwardError as exc:
+            raise UsageError(str(exc)) from None
+    elif key == "dynamic":
+        from .forwarding import ForwardError
+        from .socks import parse_dynamic_forward
+
+        try:
+            args.dynamic.append(parse_dynamic_forward(value))
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
     elif key == "pubkey_for_agent":
@@ -177,7 +251,9 @@ def parse_target(text: str, args: Args) -> Target:
     path = url.path or args.url_path or "/ssh3-term"
     if not path.startswith("/"):
         path = "/" + path
-    return Target(url.hostname, url_port or args.port or 443, path, user)
+    # the config's HostName replaces the alias (and names it in known_hosts)
+    host = getattr(args, "hostname", None) or url.hostname
+    return Target(host, url_port or args.port or 443, path, user)
 
 
 async def _run(args: Args, target: Target) -> int:
@@ -190,10 +266,12 @@ async def _run(args: Args, target: Target) -> int:
     )
     from ssh3.known_hosts import canonical_host, default_path
 
+    from .agent_forwarding import AgentChannels, agent_socket
     from .forwarding import ForwardError, Forwarding, forward_until_stopped
     from .hostkeys import HostKeyVerifier
     from .identities import load_identities
     from .session import SessionRequest, run_session
+    from .socks import DynamicForwarding
 
     args.target_host = target.host
     identities = await load_identities(args)
@@ -206,19 +284,27 @@ async def _run(args: Args, target: Target) -> int:
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier)
     command = " ".join(args.command).encode() if args.command else None
-    want_pty = (command is None and os.isatty(0)) or args.force_tty
+    want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
     if args.no_tty:
         want_pty = False
-    request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""))
+    if args.subsystem and command is None:
+        print("ssh3: -s needs a subsystem name", file=sys.stderr)
+        return 255
+    request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""),
+                             forward_agent=args.forward_agent, subsystem=args.subsystem)
+    # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
+    stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
         async with open_connection(params) as protocol:
             conv = await establish(protocol, params)
+            # server-opened channels: agent connections with -A, reset otherwise
+            AgentChannels(conv, args.forward_agent, agent_socket(args.options))
             await wait_settings(protocol)
             # listeners are up before the session starts, and close when it ends
-            async with Forwarding(conv, args.forwards):
+            async with Forwarding(conv, args.forwards), DynamicForwarding(conv, args.dynamic):
                 if args.no_command:
                     return await forward_until_stopped(conv)
-                code = await run_session(conv, request)
+                code = await run_session(conv, request, stdin_fd=stdin_fd)
                 return code
     except ForwardError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
@@ -250,7 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_command and args.command:
         print("ssh3: -N runs no command: give either -N or a command", file=sys.stderr)
         return 255
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    from .config import ConfigError, apply_to_args, dump
+
+    try:
+        resolved = apply_to_args(args)
+    except ConfigError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
+    if args.print_config:  # ssh -G (git probes with it to pick its OpenSSH variant)
+        print(dump(resolved, args, args.hostname or args.target), end="")
+        return 0
+    if not args.quiet:
+        for warning in args.warnings:
+            print(f"ssh3: {warning}", file=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if args.verbose
+                        else logging.ERROR if args.quiet else logging.WARNING,
                         format="ssh3: %(name)s: %(message)s")
     try:
         target = parse_target(args.target, args)

@@ -23,6 +23,7 @@ from ssh3.messages import (
     ExitStatusRequest,
     PtyRequest,
     ShellRequest,
+    SubsystemRequest,
     WindowChangeRequest,
 )
 
@@ -38,6 +39,11 @@ class SessionRequest:
     command: bytes | None  # None: interactive shell
     pty: bool
     term: str = ""
+    # -A: the first message is Data `forward-agent`, before pty-req/shell/exec (§3.7)
+    forward_agent: bool = False
+    # -s: `command` is a subsystem name (sftp); a reference server ends the
+    # conversation on it (Q3), so an end without exit status is reported as a refusal
+    subsystem: bool = False
 
 
 def _signal_number(name: str) -> int | None:
@@ -54,11 +60,15 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     extensions = conv.peer_extensions
     channel = conv.open_channel("session")
     size = terminal_size(stdin_fd) if request.pty else None
+    if request.forward_agent:
+        channel.send(ChannelData(b"forward-agent"))
     if request.pty:
         columns, rows = size or (80, 24)
         channel.send(PtyRequest(request.term, columns, rows, 0, 0, b"", want_reply=True))
     if request.command is None:
         channel.send(ShellRequest(want_reply=True))
+    elif request.subsystem:
+        channel.send(SubsystemRequest(os.fsdecode(request.command), want_reply=True))
     else:
         channel.send(ExecRequest(request.command, want_reply=True))
 
@@ -89,7 +99,9 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
     try:
         with raw:
-            code = await _read_output(channel, stdout_fd, stderr_fd)
+            code = await _read_output(channel, stdout_fd, stderr_fd,
+                                      os.fsdecode(request.command or b"")
+                                      if request.subsystem else None)
         # both directions done: a server that takes FIN as EOF can free the channel
         # (never towards the reference, which would end the conversation)
         if extensions & EXT_CHANNEL_EOF and not channel.error:
@@ -103,15 +115,19 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
             await stdin_task
 
 
-async def _read_output(channel: object, stdout_fd: int, stderr_fd: int) -> int:
+async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
+                       subsystem: str | None = None) -> int:
     while True:
         try:
             msg = await channel.read()  # type: ignore[attr-defined]
         except ChannelClosed as exc:
-            _error(f"session ended without an exit status: {exc}")
+            _error(f"subsystem {subsystem!r} refused: {exc}" if subsystem is not None
+                   else f"session ended without an exit status: {exc}")
             return EXIT_ERROR
         if msg is None:
-            _error("the server closed the session without an exit status")
+            _error(f"subsystem {subsystem!r} refused: the server closed the session"
+                   if subsystem is not None
+                   else "the server closed the session without an exit status")
             return EXIT_ERROR
         if isinstance(msg, ChannelData):
             write_all(stdout_fd, msg.data)

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse direct-tcp channels (the client's -L / -forward-tcp)")
     p.add_argument("-disable-udp-forwarding", action="store_true",
                    help="refuse direct-udp channels (the client's -forward-udp)")
+    p.add_argument("-disable-agent-forwarding", action="store_true",
+                   help="ignore the client's agent forwarding request (-A)")
+    p.add_argument("-subsystem", action="append", default=[], metavar="NAME=COMMAND",
+                   help="run COMMAND (with the user's shell, like exec) for subsystem NAME; "
+                        "repeatable; an empty COMMAND removes NAME (default: sftp=the "
+                        "system's sftp-server when installed)")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -119,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     from .penalties import PenaltyPolicy, parse_networks
     from .server import ServerConfig, SSH3Server
+    from .sessions import default_subsystems
+
+    subsystems = default_subsystems()
+    for spec in args.subsystem:
+        name, sep, command = spec.partition("=")
+        if not sep or not name.strip():
+            print(f"ssh3-server: bad -subsystem {spec!r}: expected NAME=COMMAND",
+                  file=sys.stderr)
+            return 2
+        if command.strip():
+            subsystems[name.strip()] = command.strip()
+        else:
+            subsystems.pop(name.strip(), None)
 
     try:
         exempt = parse_networks(args.penalty_exempt)
@@ -140,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                           login_grace_time=args.login_grace_time,
                           max_unauthenticated=args.max_unauthenticated,
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
-                          allow_udp_forwarding=not args.disable_udp_forwarding)
+                          allow_udp_forwarding=not args.disable_udp_forwarding,
+                          allow_agent_forwarding=not args.disable_agent_forwarding,
+                          subsystems=subsystems)
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):

@@ -29,6 +29,7 @@ from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import STOP_SENDING_TCP_WRITE_FAILED
 from ssh3.messages import (
+    TCP_BY_NAME_CHANNEL_TYPE,
     ChannelData,
     ChannelOpenConfirmation,
     ChannelOpenFailure,
@@ -40,7 +41,9 @@ log = logging.getLogger("ssh3.server.forwarding")
 OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
 
-FORWARD_TYPES = ("direct-tcp", "direct-udp")
+# direct-tcp-name@ssh3-py (EXT_TCP_BY_NAME) is direct-tcp with a name we resolve
+TCP_TYPES = ("direct-tcp", TCP_BY_NAME_CHANNEL_TYPE)
+FORWARD_TYPES = (*TCP_TYPES, "direct-udp")
 # a channel we give up on is reset with H3_REQUEST_CANCELLED
 CHANNEL_ABORTED = 0x10C
 TCP_READ_SIZE = 64 * 1024
@@ -146,7 +149,7 @@ async def serve_forward_channel(conv: Conversation, channel: Channel, ctx: Forwa
     elif task is not None:
         conv.add_end_callback(lambda _c: task.cancel())
     try:
-        if channel.channel_type == "direct-tcp":
+        if channel.channel_type in TCP_TYPES:
             await _serve_tcp(channel, ctx, policy)
         else:
             await _serve_udp(conv, channel, ctx, policy)

@@ -32,7 +32,7 @@ from .forwarding import (
 )
 from .penalties import PenaltyBox, PenaltyPolicy
 from .process import UserInfo
-from .sessions import Session, SessionContext
+from .sessions import Session, SessionContext, default_subsystems
 
 log = logging.getLogger("ssh3.server")
 audit = logging.getLogger("ssh3.auth")
@@ -60,6 +60,10 @@ class ServerConfig:
     # -disable-tcp-forwarding / -disable-udp-forwarding refuse direct-tcp / direct-udp
     allow_tcp_forwarding: bool = True
     allow_udp_forwarding: bool = True
+    # -disable-agent-forwarding: `forward-agent` is ignored (with a log line)
+    allow_agent_forwarding: bool = True
+    # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
+    subsystems: dict[str, str] = field(default_factory=default_subsystems)
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -246,6 +250,9 @@ class SSH3Server(ProtocolHandler):
             local=_addr_text(self.address),
             extensions_of_peer=lambda: protocol.connection.peer_extensions,
             end_conversation=conv.close,
+            conversation=conv,
+            allow_agent_forwarding=self.config.allow_agent_forwarding,
+            subsystems=self.config.subsystems,
         )
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
         self._respond(protocol, event, 200, end=False)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ssh3.aio.channel import Channel, ChannelClosed
+from ssh3.aio.conversation import Conversation
 from ssh3.connection import EXT_CHANNEL_EOF, H3_REQUEST_INCOMPLETE
 from ssh3.messages import (
     ChannelData,
@@ -27,6 +28,7 @@ from ssh3.messages import (
     WindowChangeRequest,
 )
 
+from .agent_forwarding import FORWARD_AGENT_DATA, AgentForwarder
 from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn
 
 log = logging.getLogger("ssh3.server")
@@ -43,6 +45,20 @@ SIGNALS.setdefault("CLD", int(signal.SIGCHLD))
 SIGNALS.setdefault("POLL", int(signal.SIGIO))
 
 
+# where distributions install OpenSSH's sftp-server (Debian, Arch, Fedora/RHEL)
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/lib/sftp-server",
+                "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+
+
+def default_subsystems() -> dict[str, str]:
+    """`sftp` → the system's sftp-server, when there is one (sshd_config's usual
+    `Subsystem sftp /usr/lib/openssh/sftp-server`)."""
+    for path in SFTP_SERVERS:
+        if os.access(path, os.X_OK):
+            return {"sftp": path}
+    return {}
+
+
 @dataclass
 class SessionContext:
     """What a session needs to know about its conversation."""
@@ -56,6 +72,12 @@ class SessionContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     # ends the whole conversation (what a FIN means from a reference-style client)
     end_conversation: Callable[[str], None] | None = None
+    # agent forwarding (§3.7): the conversation opens agent-connection channels;
+    # None (or allow_agent_forwarding False) refuses `forward-agent` with a log line
+    conversation: Conversation | None = None
+    allow_agent_forwarding: bool = True
+    # subsystem name → command line run like exec (`<shell> -c COMMAND`, as the user)
+    subsystems: dict[str, str] = field(default_factory=dict)
 
 
     @property
@@ -78,6 +100,7 @@ class Session:
         self._stdin_queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=16)
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_sent = asyncio.Event()
+        self.agent: AgentForwarder | None = None
 
     @property
     def larval(self) -> bool:
@@ -133,8 +156,8 @@ class Session:
     async def _handle(self, msg: Message) -> None:
         if isinstance(msg, ChannelData):
             if self.larval:
-                if msg.data == b"forward-agent":
-                    log.info("agent forwarding requested (not supported yet); ignored")
+                if msg.data == FORWARD_AGENT_DATA:
+                    await self._forward_agent()
                     return
                 raise SessionError("data before shell or exec")
             await self._put_stdin(msg.data)
@@ -168,6 +191,27 @@ class Session:
         else:
             raise SessionError(f"unexpected {type(msg).__name__} on a session channel")
 
+    async def _forward_agent(self) -> None:
+        """Set up the agent socket; its failure or refusal leaves the session working."""
+        ctx = self.ctx
+        if ctx.conversation is None or not ctx.allow_agent_forwarding:
+            log.info("session %d of %s: agent forwarding requested but disabled; ignored",
+                     self.channel.channel_id, ctx.user.name)
+            return
+        if self.agent is not None:
+            return  # asked twice: one socket is enough
+        owner = ctx.user.uid if ctx.switch_user else None
+        agent = AgentForwarder(ctx.conversation, owner, ctx.user.gid if owner is not None
+                               else None, ctx.user.name)
+        try:
+            path = await agent.start()
+        except OSError as exc:
+            log.warning("session %d of %s: cannot set up agent forwarding: %s",
+                        self.channel.channel_id, ctx.user.name, exc)
+            return
+        self.agent = agent
+        log.debug("session %d: SSH_AUTH_SOCK=%s", self.channel.channel_id, path)
+
     def _start(self, msg: ShellRequest | ExecRequest | SubsystemRequest) -> None:
         user = self.ctx.user
         shell = user.shell
@@ -178,10 +222,17 @@ class Session:
             argv = [shell, "-c", os.fsdecode(msg.command)]
             what = f"exec {msg.command[:200]!r}"
         else:
-            raise SessionError(f"unknown subsystem {msg.name!r}")
+            command = self.ctx.subsystems.get(msg.name)
+            if not command:
+                # reset: the client reports the refusal (no replies exist, Q4)
+                raise SessionError(f"subsystem {msg.name!r} refused: not configured "
+                                   f"(known: {', '.join(sorted(self.ctx.subsystems)) or 'none'})")
+            argv = [shell, "-c", command]
+            what = f"subsystem {msg.name!r} ({command})"
         env = build_environment(user, self.pty.term if self.pty else None, {
             "SSH3_CONNECTION": f"{self.ctx.peer} {self.ctx.local}",
             **self.ctx.extra_env,
+            **({"SSH_AUTH_SOCK": self.agent.path} if self.agent and self.agent.path else {}),
         })
         try:
             self.child = spawn(user, argv, shell, env, self.pty, self.ctx.switch_user)
@@ -293,6 +344,8 @@ class Session:
 
     async def terminate(self) -> None:
         """The channel is over: hang up the process group and stop our tasks."""
+        if self.agent is not None:
+            self.agent.close()  # the socket goes with its session
         if self.child is not None and self.child.returncode is None:
             self.child.hangup()
         for task in list(self._tasks):
