@@ -139,6 +139,11 @@ class Child:
     def _close_fd(self, fd: int) -> None:
         if fd in self._fds:
             self._fds.discard(fd)
+            # unregister first: the selector must never watch a closed (and soon
+            # reused) fd number
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
             try:
                 os.close(fd)
             except OSError:

@@ -299,6 +299,7 @@ class Session:
         pty buffer; background jobs still holding the terminal do not keep the
         session open (they get SIGHUP, as under OpenSSH)."""
         exited = asyncio.ensure_future(child.wait())
+        read: asyncio.Future[bytes] | None = None
         try:
             while True:
                 read = asyncio.ensure_future(child.stdout.read())
@@ -322,6 +323,10 @@ class Session:
             child.hangup()
         finally:
             exited.cancel()
+            # a read still waiting holds the pty fd in the event loop's selector:
+            # it must go before the fd is closed (else a reused fd number is deaf)
+            if read is not None and not read.done():
+                read.cancel()
 
     def _send_exit(self, status: int) -> None:
         # exit-status/-signal end in a varint: never FIN right behind them (Q7);
