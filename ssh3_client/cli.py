@@ -31,7 +31,8 @@ flags:
   -o OPTION=VALUE      StrictHostKeyChecking=yes|accept-new|no|ask,
                        UserKnownHostsFile=FILE, IdentitiesOnly=yes (no agent keys
                        but those of the key files), IdentityAgent=SOCKET|none,
-                       BatchMode=yes, NumberOfPasswordPrompts=N
+                       BatchMode=yes, NumberOfPasswordPrompts=N,
+                       ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3)
   -L [BIND:]PORT:HOST:HOSTPORT  forward local TCP port PORT to HOST:HOSTPORT through
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
@@ -42,6 +43,11 @@ flags:
   -A, -forward-agent   forward the local agent ($SSH_AUTH_SOCK, or -o IdentityAgent)
                        to the session: SSH_AUTH_SOCK is set on the server
   -N                   no command or shell: only forward, until interrupted
+  -e CHAR              escape character for ~. ~C ~? ... (default ~; ^X for a
+                       control character; none disables); also EscapeChar
+  -W HOST:PORT         stdio forwarding: no session; stdin/stdout are relayed to a TCP
+                       connection to HOST:PORT made by the server (a ProxyCommand:
+                       ssh -o ProxyCommand='ssh3 -W %h:%p jump/path' target)
   -insecure            do not verify the server's certificate
   -quic-backend NAME   aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)
   -v                   debug logging on stderr
@@ -56,7 +62,7 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-pubkey-for-agent": "pubkey_for_agent", "-l": "user", "-p": "port",
                 "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
-                "-forward-udp": "forward_udp", "-D": "dynamic"}
+                "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
                "-N": "no_command", "-use-password": "use_password",
@@ -73,12 +79,12 @@ _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
 _UNSUPPORTED = {"-R": "remote forwarding (-R)",
-                "-J": "jump hosts (-J)", "-W": "stdio forwarding (-W)",
+                "-J": "jump hosts (-J)",
                 "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-W", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-O", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -114,7 +120,8 @@ class Args:
     quiet: bool = False  # -q
     subsystem: bool = False  # -s: the command is a subsystem name
     print_config: bool = False  # -G
-    escape_char: str | None = None  # -e (accepted; only "none" behaviour exists)
+    stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
+    escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
     warnings: list[str] = field(default_factory=list)
 
 
@@ -210,6 +217,14 @@ def _set_value(args: Args, key: str, value: str) -> None:
             args.dynamic.append(parse_dynamic_forward(value))
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
+    elif key == "stdio_forward":
+        from .forwarding import ForwardError
+        from .stdio_forward import parse_stdio_target
+
+        try:
+            args.stdio_forward = parse_stdio_target(value)
+        except ForwardError as exc:
+            raise UsageError(str(exc)) from None
     elif key == "pubkey_for_agent":
         args.pubkeys_for_agent.append(value)
     elif key == "port":
@@ -267,11 +282,15 @@ async def _run(args: Args, target: Target) -> int:
     from ssh3.known_hosts import canonical_host, default_path
 
     from .agent_forwarding import AgentChannels, agent_socket
+    from .escape import parse_escape_char
     from .forwarding import ForwardError, Forwarding, forward_until_stopped
     from .hostkeys import HostKeyVerifier
     from .identities import load_identities
+    from .keepalive import KeepaliveError, run_with_keepalive
+    from .keepalive import settings as keepalive_settings
     from .session import SessionRequest, run_session
     from .socks import DynamicForwarding
+    from .stdio_forward import stdio_forward
 
     args.target_host = target.host
     identities = await load_identities(args)
@@ -291,7 +310,14 @@ async def _run(args: Args, target: Target) -> int:
         print("ssh3: -s needs a subsystem name", file=sys.stderr)
         return 255
     request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""),
-                             forward_agent=args.forward_agent, subsystem=args.subsystem)
+                             forward_agent=args.forward_agent, subsystem=args.subsystem,
+                             escape_char=parse_escape_char(args.escape_char),
+                             host=target.host, quiet=args.quiet)
+    try:
+        keepalive_settings(args.options)  # bad values fail before connecting
+    except KeepaliveError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
@@ -300,18 +326,52 @@ async def _run(args: Args, target: Target) -> int:
             # server-opened channels: agent connections with -A, reset otherwise
             AgentChannels(conv, args.forward_agent, agent_socket(args.options))
             await wait_settings(protocol)
-            # listeners are up before the session starts, and close when it ends
-            async with Forwarding(conv, args.forwards), DynamicForwarding(conv, args.dynamic):
-                if args.no_command:
-                    return await forward_until_stopped(conv)
-                code = await run_session(conv, request, stdin_fd=stdin_fd)
-                return code
+
+            async def work() -> int:
+                if args.stdio_forward is not None:
+                    # OpenSSH's -W implies ClearAllForwardings: no -L/-D listeners
+                    return await stdio_forward(conv, args.stdio_forward, stdin_fd=stdin_fd)
+                # listeners are up before the session starts, and close when it ends
+                async with Forwarding(conv, args.forwards) as forwarding, \
+                        DynamicForwarding(conv, args.dynamic) as dynamic:
+                    if args.no_command:
+                        return await forward_until_stopped(conv)
+                    return await run_session(conv, request, stdin_fd=stdin_fd,
+                                             forwarding=forwarding, dynamic=dynamic)
+
+            # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
+            return await run_with_keepalive(protocol, work(), args.options, target.host)
     except ForwardError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
     except SSH3ClientError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+async def _run_until_hangup(args: Args, target: Target) -> int:
+    """SIGHUP (the terminal went away) or SIGTERM end the run through the normal
+    cleanup, so the server hears CONNECTION_CLOSE at once and hangs up the session
+    instead of waiting for its idle timeout; exit 255 as OpenSSH does."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    caught: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        caught.append(signum)
+        if task is not None:
+            task.cancel()
+
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await _run(args, target)
+    except asyncio.CancelledError:
+        if caught:
+            return 255
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,11 +396,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_command and args.command:
         print("ssh3: -N runs no command: give either -N or a command", file=sys.stderr)
         return 255
+    if args.stdio_forward is not None and args.command:
+        print("ssh3: -W runs no command: give either -W or a command", file=sys.stderr)
+        return 255
     from .config import ConfigError, apply_to_args, dump
 
     try:
         resolved = apply_to_args(args)
     except ConfigError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
+    from .escape import parse_escape_char
+
+    try:
+        parse_escape_char(args.escape_char)  # -e or EscapeChar
+    except ValueError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
     if args.print_config:  # ssh -G (git probes with it to pick its OpenSSH variant)
@@ -358,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
     try:
-        code = asyncio.run(_run(args, target))
+        code = asyncio.run(_run_until_hangup(args, target))
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:

@@ -8,7 +8,9 @@ import logging
 import os
 import signal
 import sys
+import termios
 from dataclasses import dataclass
+from typing import Any
 
 from ssh3.aio.channel import ChannelClosed
 from ssh3.aio.conversation import Conversation
@@ -27,6 +29,7 @@ from ssh3.messages import (
     WindowChangeRequest,
 )
 
+from .escape import COMMAND, DISCONNECT, HELP, LIST, SUSPEND, EscapeFilter, EscapeHandler
 from .terminal import StdinReader, raw_mode, terminal_size, write_all
 
 log = logging.getLogger("ssh3.client")
@@ -44,6 +47,11 @@ class SessionRequest:
     # -s: `command` is a subsystem name (sftp); a reference server ends the
     # conversation on it (Q3), so an end without exit status is reported as a refusal
     subsystem: bool = False
+    # escape sequences (~. ~C ...): the byte of the escape character, None for none;
+    # only active with a pty and a terminal on stdin (OpenSSH's rule)
+    escape_char: int | None = None
+    host: str = ""  # for "Connection to HOST closed." after ~.
+    quiet: bool = False
 
 
 def _signal_number(name: str) -> int | None:
@@ -54,7 +62,8 @@ def _signal_number(name: str) -> int | None:
 
 
 async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
-                      stdout_fd: int = 1, stderr_fd: int = 2) -> int:
+                      stdout_fd: int = 1, stderr_fd: int = 2, forwarding: Any = None,
+                      dynamic: Any = None) -> int:
     """Run one session to its end and return the exit code the program should use."""
     loop = asyncio.get_running_loop()
     extensions = conv.peer_extensions
@@ -74,17 +83,14 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
 
     stdin = StdinReader(stdin_fd, loop)
     stdin.start()
-
-    async def pump_stdin() -> None:
-        while True:
-            data = await stdin.read()
-            if not data:
-                # only a server that announced it takes a FIN as stdin EOF; the
-                # reference would end the whole conversation (§6.4)
-                if extensions & EXT_CHANNEL_EOF:
-                    channel.send_eof()
-                return
-            await channel.write(data)
+    tty_in = request.pty and os.isatty(stdin_fd)
+    cooked = None
+    if tty_in:
+        with contextlib.suppress(termios.error):
+            cooked = termios.tcgetattr(stdin_fd)
+    escape_char = request.escape_char if tty_in else None
+    escapes = EscapeFilter(escape_char)
+    disconnected: asyncio.Future[None] = loop.create_future()
 
     def on_winch() -> None:
         new = terminal_size(stdin_fd)
@@ -92,22 +98,72 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
             with contextlib.suppress(ChannelClosed):
                 channel.send(WindowChangeRequest(new[0], new[1], 0, 0))
 
+    handler = EscapeHandler(stdin_fd, stderr_fd, escape_char or 0, cooked, stdin.read,
+                            forwarding, dynamic, on_resume=lambda: winch and on_winch())
+
+    async def pump_stdin() -> None:
+        while True:
+            data: bytes | None = await stdin.read()
+            if not data:
+                # only a server that announced it takes a FIN as stdin EOF; the
+                # reference would end the whole conversation (§6.4)
+                if extensions & EXT_CHANNEL_EOF:
+                    channel.send_eof()
+                return
+            while data:
+                out, actions = escapes.feed(data)
+                data = escapes.take_rest()
+                if out:
+                    await channel.write(out)
+                for action in actions:
+                    if action == DISCONNECT:
+                        if not disconnected.done():
+                            disconnected.set_result(None)
+                        return
+                    if action == HELP:
+                        handler.help()
+                    elif action == LIST:
+                        handler.list_connections()
+                    elif action == SUSPEND:
+                        handler.suspend()
+                    elif action == COMMAND:
+                        data = await handler.command_line(data)
+                        if data is None:  # EOF while reading the command line
+                            if extensions & EXT_CHANNEL_EOF:
+                                channel.send_eof()
+                            return
+
     stdin_task = asyncio.ensure_future(pump_stdin())
     winch = request.pty and size is not None and bool(extensions & EXT_WINDOW_CHANGE)
     if winch:
         loop.add_signal_handler(signal.SIGWINCH, on_winch)
     raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
+    output: asyncio.Future[int] | None = None
     try:
         with raw:
-            code = await _read_output(channel, stdout_fd, stderr_fd,
-                                      os.fsdecode(request.command or b"")
-                                      if request.subsystem else None)
+            output = asyncio.ensure_future(_read_output(
+                channel, stdout_fd, stderr_fd,
+                os.fsdecode(request.command or b"") if request.subsystem else None))
+            await asyncio.wait({output, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not output.done():  # ~.: leave now, the connection closes behind us
+                output.cancel()
+                with contextlib.suppress(BaseException):
+                    await output
+        if output.cancelled():
+            if not request.quiet:
+                with contextlib.suppress(OSError):
+                    write_all(stderr_fd, f"Connection to {request.host or 'server'} "
+                              "closed.\r\n".encode())
+            return EXIT_ERROR
+        code = output.result()
         # both directions done: a server that takes FIN as EOF can free the channel
         # (never towards the reference, which would end the conversation)
         if extensions & EXT_CHANNEL_EOF and not channel.error:
             channel.send_eof()
         return code
     finally:
+        if output is not None:
+            output.cancel()
         if winch:
             loop.remove_signal_handler(signal.SIGWINCH)
         stdin_task.cancel()

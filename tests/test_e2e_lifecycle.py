@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from e2e_helpers import descendant_pids, stop_process, wait_for
 
 
@@ -42,6 +43,20 @@ def test_interrupted_client_ends_the_remote_command(server, make_client):
     assert wait_for(lambda: not descendant_pids(server.pid), 10), descendant_pids(server.pid)
     r = client.run(server, "echo ok")
     assert (r.returncode, r.stdout) == (0, b"ok\n"), r.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_hung_up_client_ends_the_remote_command_at_once(server, make_client, signum):
+    """A closed terminal (SIGHUP) or SIGTERM: the client still closes its connection,
+    so the server hangs the session up at once, not after its 30 s idle timeout."""
+    client = make_client(server.backend, trust=server)
+    proc, sessions = _start_long_command(client, server)
+    try:
+        proc.send_signal(signum)
+        assert proc.wait(timeout=15) == 255
+    finally:
+        stop_process(proc)
+    assert wait_for(lambda: not descendant_pids(server.pid), 5), descendant_pids(server.pid)
 
 
 def test_server_shutdown_ends_sessions_and_clients(server, make_client):
