@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ssh3.aio.channel import Channel, ChannelClosed
+from ssh3.aio.channel import Channel, ChannelClosed, run_both_ways
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import STOP_SENDING_TCP_WRITE_FAILED
 from ssh3.messages import ChannelData, ChannelOpenConfirmation, ChannelOpenFailure
@@ -263,23 +263,8 @@ class _TcpRelay:
         self.aborted = False
 
     async def run(self) -> None:
-        directions = {asyncio.ensure_future(self._from_server()),
-                      asyncio.ensure_future(self._to_server())}
-        broken = asyncio.ensure_future(self.channel.closed.wait())
-        try:
-            while directions and not self.aborted:
-                done, _ = await asyncio.wait(directions | {broken},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if broken in done:
-                    self._abort()
-                    return
-                directions -= done
-                for task in done:
-                    task.result()
-        finally:
-            for task in (*directions, broken):
-                task.cancel()
-            await asyncio.gather(*directions, broken, return_exceptions=True)
+        await run_both_ways(self.channel, [self._from_server(), self._to_server()],
+                            self._abort, lambda: self.aborted)
 
     async def _from_server(self) -> None:
         while True:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
+from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed, run_both_ways
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import STOP_SENDING_TCP_WRITE_FAILED
 from ssh3.messages import (
@@ -269,24 +269,8 @@ class _TcpRelay:
 
     async def run(self) -> None:
         """Until both directions have ended, or the channel or the socket broke."""
-        directions = {asyncio.ensure_future(self._channel_to_tcp()),
-                      asyncio.ensure_future(self._tcp_to_channel())}
-        # a reset after the client's EOF is seen by nobody else
-        broken = asyncio.ensure_future(self.channel.closed.wait())
-        try:
-            while directions and not self.aborted:
-                done, _ = await asyncio.wait(directions | {broken},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if broken in done:
-                    self._abort()
-                    return
-                directions -= done
-                for task in done:
-                    task.result()
-        finally:
-            for task in (*directions, broken):
-                task.cancel()
-            await asyncio.gather(*directions, broken, return_exceptions=True)
+        await run_both_ways(self.channel, [self._channel_to_tcp(), self._tcp_to_channel()],
+                            self._abort, lambda: self.aborted)
 
     async def _channel_to_tcp(self) -> None:
         while True:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ..messages import ChannelData, ChannelExtendedData, ChannelHeader, Message
 
@@ -123,3 +124,26 @@ class Channel:
             raise ChannelClosed(self._error)
         if self.stop_sending_code is not None:
             raise ChannelClosed(f"peer asked to stop sending ({self.stop_sending_code:#x})")
+
+
+async def run_both_ways(channel: Channel, directions: list[Coroutine[Any, Any, None]],
+                        abort: Callable[[], None], aborted: Callable[[], bool]) -> None:
+    """Run a relay's directions until both have ended (half-close lets one end long
+    before the other), `aborted()` turns true, or the channel breaks — a reset that
+    arrives after our EOF is seen by no reader, so the channel's `closed` is watched
+    too (then `abort()` is called). Exceptions of a direction propagate."""
+    tasks = {asyncio.ensure_future(d) for d in directions}
+    broken = asyncio.ensure_future(channel.closed.wait())
+    try:
+        while tasks and not aborted():
+            done, _ = await asyncio.wait(tasks | {broken}, return_when=asyncio.FIRST_COMPLETED)
+            if broken in done:
+                abort()
+                return
+            tasks -= done
+            for task in done:
+                task.result()
+    finally:
+        for task in (*tasks, broken):
+            task.cancel()
+        await asyncio.gather(*tasks, broken, return_exceptions=True)
