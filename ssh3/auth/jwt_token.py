@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .keys import PrivateKey, PublicKey, jwt_algorithm
@@ -93,8 +92,26 @@ def build_token(
         raise ValueError("backdate must not be negative")
     alg = jwt_algorithm(private_key)
     signing_input = token_signing_input(alg, user, conversation_id, now, backdate=backdate)
-    signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode("ascii"), private_key)
+    signature = _sign(alg, private_key, signing_input.encode("ascii"))
     return finish_token(signing_input, signature)
+
+
+def _sign(alg: str, key: PrivateKey, data: bytes) -> bytes:
+    """JWS signature with `cryptography` directly: the client signs one token per
+    login, and importing pyjwt just for that costs ~25 ms of start-up (the server's
+    verification keeps pyjwt)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    digest = hashes.SHA384() if alg == "ES384" else hashes.SHA256()
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(digest)))
+    size = (key.curve.key_size + 7) // 8
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 def token_signing_input(
@@ -268,6 +285,8 @@ def verify_token(
     # We implement no JWS extension, so RFC 7515 §4.1.11 says refuse any.
     if "crit" in header:
         raise TokenError("unsupported critical header")
+
+    import jwt  # pyjwt: only the verifying side (the server) pays for its import
 
     algorithm = jwt.get_algorithm_by_name(alg)
     signing_input = (parts[0] + "." + parts[1]).encode("ascii")
