@@ -14,7 +14,12 @@ import logging
 import os
 from typing import Any
 
-from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
+from ssh3.aio.channel import (
+    DEFAULT_MAX_PACKET_SIZE,
+    Channel,
+    ChannelClosed,
+    run_until_first_ends,
+)
 from ssh3.aio.conversation import Conversation
 from ssh3.messages import ChannelData, ChannelOpenConfirmation
 
@@ -119,15 +124,7 @@ async def _relay(channel: Channel, reader: asyncio.StreamReader,
             await channel.write(data)
             sent = True
 
-    tasks = {asyncio.ensure_future(from_server()), asyncio.ensure_future(from_agent())}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await run_until_first_ends([from_server(), from_agent()])
 
 
 def _reject(channel: Channel) -> None:

@@ -18,7 +18,12 @@ import shutil
 import tempfile
 from typing import Any
 
-from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
+from ssh3.aio.channel import (
+    DEFAULT_MAX_PACKET_SIZE,
+    Channel,
+    ChannelClosed,
+    run_until_first_ends,
+)
 from ssh3.aio.conversation import Conversation
 from ssh3.messages import ChannelData, ChannelOpenConfirmation
 
@@ -145,15 +150,7 @@ async def _relay(channel: Channel, reader: asyncio.StreamReader,
                 return
             await channel.write(data)
 
-    tasks = {asyncio.ensure_future(from_client()), asyncio.ensure_future(to_client())}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await run_until_first_ends([from_client(), to_client()])
 
 
 def _finish(channel: Channel) -> None:

@@ -147,3 +147,18 @@ async def run_both_ways(channel: Channel, directions: list[Coroutine[Any, Any, N
         for task in (*tasks, broken):
             task.cancel()
         await asyncio.gather(*tasks, broken, return_exceptions=True)
+
+
+async def run_until_first_ends(directions: list[Coroutine[Any, Any, None]]) -> None:
+    """Run a relay's directions until the first ends (a request/reply relay such as
+    an agent connection is over once either side is), then cancel the rest.
+    Exceptions of the one that ended propagate."""
+    tasks = {asyncio.ensure_future(d) for d in directions}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
