@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import pwd
-import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -14,15 +13,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
-from ssh3.auth.authorized_keys import PublicKeyIdentity, load_user_identities
-from ssh3.auth.jwt_token import TokenError, verify_token
-from ssh3.auth.keys import public_key_fingerprint
-from ssh3.auth.password import check_password, parse_basic
 from ssh3.backends import Backend, get_backend
 from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
 from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
+from .authenticate import Authenticator, AuthSettings
 from .forwarding import (
     FORWARD_TYPES,
     ForwardContext,
@@ -31,7 +27,7 @@ from .forwarding import (
     serve_forward_channel,
 )
 from .penalties import PenaltyBox, PenaltyPolicy
-from .process import UserInfo
+from .permissions import Permissions
 from .sessions import Session, SessionContext, default_subsystems
 
 log = logging.getLogger("ssh3.server")
@@ -86,6 +82,16 @@ class SSH3Server(ProtocolHandler):
         self.address: tuple[str, int] | None = None
         self.penalties = PenaltyBox(config.penalties)
         self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
+        self.authenticator = Authenticator(
+            AuthSettings(enable_password_login=config.enable_password_login,
+                         authorized_keys_files=config.authorized_keys_files),
+            self.penalties, self.base_permissions(), self._running_as_root, self._own_user)
+
+    def base_permissions(self) -> Permissions:
+        """What the server's flags allow every login."""
+        return Permissions(allow_agent_forwarding=self.config.allow_agent_forwarding,
+                           allow_tcp_forwarding=self.config.allow_tcp_forwarding,
+                           allow_udp_forwarding=self.config.allow_udp_forwarding)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,9 +231,9 @@ class SSH3Server(ProtocolHandler):
                        "(no credential checked)", peer, username, left)
             self._respond(protocol, event, 401)
             return
-        user = await self._authenticate(protocol, username, conv_id,
-                                        headers.get(b"authorization", b""), peer, host)
-        if user is None:
+        login = await self.authenticator.authenticate(
+            username, conv_id, headers.get(b"authorization", b""), peer, host)
+        if login is None:
             self._respond(protocol, event, 401)
             failures = getattr(protocol, "auth_failures", 0) + 1
             protocol.auth_failures = failures  # type: ignore[attr-defined]
@@ -237,6 +243,7 @@ class SSH3Server(ProtocolHandler):
                 protocol.close_connection(H3_NO_ERROR, "too many authentication failures")
             return
         self._authenticated(protocol)
+        user = login.user
         if protocol.terminated.is_set():
             return
         # keeps datagrams that overtake their direct-udp channel (Q10)
@@ -251,7 +258,7 @@ class SSH3Server(ProtocolHandler):
             extensions_of_peer=lambda: protocol.connection.peer_extensions,
             end_conversation=conv.close,
             conversation=conv,
-            allow_agent_forwarding=self.config.allow_agent_forwarding,
+            permissions=login.permissions,
             subsystems=self.config.subsystems,
         )
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
@@ -261,95 +268,6 @@ class SSH3Server(ProtocolHandler):
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))
 
-    async def _authenticate(self, protocol: SSH3Protocol, username: str, conv_id: bytes,
-                            authorization: bytes, peer: str, host: str) -> UserInfo | None:
-        """One attempt, logged once (time, source, user, method, key, result)."""
-        started = time.monotonic()
-        text = authorization.decode("ascii", "replace")
-        method = ("publickey" if text.startswith("Bearer ")
-                  else "password" if text.startswith("Basic ") else "none")
-        outcome = _Outcome()
-        try:
-            user: UserInfo | None = None
-            if not username:
-                outcome.reason = "no user in the request"
-            else:
-                try:
-                    user = UserInfo.lookup(username)
-                except KeyError:
-                    outcome.reason = "no such user"
-            if user is not None and not self._running_as_root and user.name != self._own_user:
-                outcome.reason = f"server runs as {self._own_user} and cannot log in others"
-                user = None
-            if method == "password":
-                # checked even for unknown users: the answer takes the same time
-                ok = await self._check_password(username, text, outcome)
-                return user if ok and user is not None else None
-            if user is None:
-                return None
-            if method == "publickey":
-                return user if self._check_publickey(user, text, conv_id, outcome) else None
-            outcome.reason = "no credentials"
-            return None
-        finally:
-            if not outcome.accepted:
-                self.penalties.penalise(
-                    host, "invaliduser" if outcome.reason == "no such user" else "authfail")
-            audit.info("auth %s from %s user=%r method=%s key=%s%s (%.1f ms)",
-                       "accepted" if outcome.accepted else "refused", peer, username, method,
-                       outcome.fingerprint, f" reason={outcome.reason}" if outcome.reason else "",
-                       (time.monotonic() - started) * 1000)
-
-    def _check_publickey(self, user: UserInfo, text: str, conv_id: bytes,
-                         outcome: _Outcome) -> bool:
-        try:
-            identities, warnings = load_user_identities(user.home, self._identity_paths(user))
-        except OSError as exc:
-            outcome.reason = f"cannot read identity files: {exc}"
-            return False
-        for warning in warnings:
-            log.warning("%s", warning)
-        keys = [i.public_key for i in identities if isinstance(i, PublicKeyIdentity)]
-        try:
-            key = verify_token(text[len("Bearer "):], keys, user.name, conv_id)
-        except TokenError as exc:
-            outcome.reason = str(exc)
-            return False
-        outcome.fingerprint = public_key_fingerprint(key)
-        outcome.accepted = not outcome.reason
-        return outcome.accepted
-
-    async def _check_password(self, username: str, text: str, outcome: _Outcome) -> bool:
-        if not self.config.enable_password_login:
-            outcome.reason = outcome.reason or "password login is disabled"
-            return False
-        creds = parse_basic(text)
-        if creds is None:
-            outcome.reason = outcome.reason or "malformed Basic credentials"
-            return False
-        basic_user, password = creds
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, check_password, basic_user, password)
-        if basic_user != username:
-            # the draft demands it, the reference does not check (Q16)
-            outcome.reason = outcome.reason or "Basic user differs from the URL user"
-            return False
-        if not ok:
-            outcome.reason = outcome.reason or "wrong password"
-            return False
-        outcome.accepted = not outcome.reason
-        return outcome.accepted
-
-    def _identity_paths(self, user: UserInfo) -> list[str] | None:
-        if not self.config.authorized_keys_files:
-            return None
-        paths = []
-        for pattern in self.config.authorized_keys_files:
-            path = (pattern.replace("%%", "\0").replace("%h", user.home)
-                    .replace("%u", user.name).replace("\0", "%"))
-            paths.append(path if os.path.isabs(path) else os.path.join(user.home, path))
-        return paths
-
     # ------------------------------------------------------------ channels
 
     async def _serve_channel(self, conv: Conversation, channel: Channel,
@@ -358,8 +276,8 @@ class SSH3Server(ProtocolHandler):
             await serve_forward_channel(
                 conv, channel,
                 ForwardContext(ctx.user.name, ctx.peer, lambda: ctx.peer_extensions != 0),
-                ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
-                                 allow_udp=self.config.allow_udp_forwarding))
+                ForwardingPolicy(allow_tcp=ctx.permissions.allow_tcp_forwarding,
+                                 allow_udp=ctx.permissions.allow_udp_forwarding))
             return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)
@@ -419,13 +337,6 @@ class SSH3Server(ProtocolHandler):
             if protocol.remote_address and getattr(protocol, "ssh3_attempted", False):
                 self.penalties.penalise(protocol.remote_address[0], "noauth")
         log.debug("connection from %s closed", protocol._peer_text())
-
-
-@dataclass
-class _Outcome:
-    accepted: bool = False
-    reason: str = ""
-    fingerprint: str = "-"
 
 
 def _addr_text(addr: object) -> str:

@@ -29,6 +29,7 @@ from ssh3.messages import (
 )
 
 from .agent_forwarding import FORWARD_AGENT_DATA, AgentForwarder
+from .permissions import Permissions
 from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn
 
 log = logging.getLogger("ssh3.server")
@@ -73,9 +74,10 @@ class SessionContext:
     # ends the whole conversation (what a FIN means from a reference-style client)
     end_conversation: Callable[[str], None] | None = None
     # agent forwarding (§3.7): the conversation opens agent-connection channels;
-    # None (or allow_agent_forwarding False) refuses `forward-agent` with a log line
+    # None (or permissions without agent forwarding) refuses `forward-agent`, logged
     conversation: Conversation | None = None
-    allow_agent_forwarding: bool = True
+    # what this login may do (server flags narrowed by the key's options)
+    permissions: Permissions = field(default_factory=Permissions)
     # subsystem name → command line run like exec (`<shell> -c COMMAND`, as the user)
     subsystems: dict[str, str] = field(default_factory=dict)
 
@@ -194,7 +196,7 @@ class Session:
     async def _forward_agent(self) -> None:
         """Set up the agent socket; its failure or refusal leaves the session working."""
         ctx = self.ctx
-        if ctx.conversation is None or not ctx.allow_agent_forwarding:
+        if ctx.conversation is None or not ctx.permissions.allow_agent_forwarding:
             log.info("session %d of %s: agent forwarding requested but disabled; ignored",
                      self.channel.channel_id, ctx.user.name)
             return
