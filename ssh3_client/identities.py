@@ -496,6 +496,15 @@ async def load_identities(args: Any, env: Mapping[str, str] | None = None,
     for path, _blob in files:
         if path not in covered:
             identities.append(file_identity(path, prompter, options))
+    if getattr(args, "use_oidc", None):
+        # as the reference: keys named on the command line come first, then OIDC
+        # (no default key files nor unnamed agent keys)
+        from .oidc import oidc_identity
+
+        if not explicit and not options.pubkeys_for_agent:
+            identities = []
+        oidc = await oidc_identity(args, env)
+        identities += [oidc] if oidc is not None else []
     log.debug("identities, in order: %s", ", ".join(i.label for i in identities) or "none")
     return identities
 

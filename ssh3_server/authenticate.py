@@ -13,9 +13,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from ssh3.auth.authorized_keys import PublicKeyIdentity, load_user_identities
+from ssh3.auth.authorized_keys import OidcIdentity, PublicKeyIdentity, load_user_identities
 from ssh3.auth.jwt_token import TokenError, verify_token
 from ssh3.auth.keys import public_key_fingerprint
+from ssh3.auth.oidc import OidcError, ProviderCache, check_identities, is_id_token
 from ssh3.auth.password import check_password, parse_basic
 
 from .penalties import PenaltyBox
@@ -31,7 +32,7 @@ class Login:
     """A successful authentication."""
 
     user: UserInfo
-    method: str  # "publickey", "password", ...
+    method: str  # "publickey", "password", "oidc"
     permissions: Permissions
     fingerprint: str = "-"
 
@@ -41,6 +42,8 @@ class AuthSettings:
     enable_password_login: bool = False
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
+    # CA bundle trusted for OIDC discovery/JWKS fetches (None: $SSL_CERT_FILE or certifi)
+    oidc_ca_file: str | None = None
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Authenticator:
         self.base_permissions = base_permissions
         self._running_as_root = running_as_root
         self._own_user = own_user
+        self._oidc_cache: ProviderCache | None = None  # created at the first OIDC login
 
     async def authenticate(self, username: str, conv_id: bytes, authorization: bytes,
                            peer: str, host: str) -> Login | None:
@@ -69,6 +73,8 @@ class Authenticator:
         text = authorization.decode("ascii", "replace")
         method = ("publickey" if text.startswith("Bearer ")
                   else "password" if text.startswith("Basic ") else "none")
+        if method == "publickey" and is_id_token(text[len("Bearer "):]):
+            method = "oidc"  # the reference's order: pubkey JWTs, Basic, then OIDC
         outcome = _Outcome()
         try:
             user: UserInfo | None = None
@@ -90,6 +96,8 @@ class Authenticator:
                 return None
             elif method == "publickey":
                 ok = self._check_publickey(user, text, conv_id, outcome)
+            elif method == "oidc":
+                ok = await self._check_oidc(user, text, outcome)
             else:
                 outcome.reason = "no credentials"
             if not ok or user is None:
@@ -121,6 +129,24 @@ class Authenticator:
             outcome.reason = str(exc)
             return False
         outcome.fingerprint = public_key_fingerprint(key)
+        outcome.accepted = not outcome.reason
+        return outcome.accepted
+
+    async def _check_oidc(self, user: UserInfo, text: str, outcome: _Outcome) -> bool:
+        try:
+            identities, _warnings = load_user_identities(user.home, self._identity_paths(user))
+        except OSError as exc:
+            outcome.reason = f"cannot read identity files: {exc}"
+            return False
+        oidc = [i for i in identities if isinstance(i, OidcIdentity)]
+        if self._oidc_cache is None:
+            self._oidc_cache = ProviderCache(self.settings.oidc_ca_file)
+        try:
+            match = await check_identities(text[len("Bearer "):], oidc, self._oidc_cache)
+        except OidcError as exc:
+            outcome.reason = outcome.reason or f"oidc: {exc}"
+            return False
+        outcome.fingerprint = f"{match.issuer}:{match.email}"  # the audit line's key= field
         outcome.accepted = not outcome.reason
         return outcome.accepted
 

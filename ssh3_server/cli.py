@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "AuthorizedKeysFile: %%h is the home directory, %%u the user name, "
                         "relative paths are under the home; repeatable (default "
                         "%%h/.ssh3/authorized_identities and %%h/.ssh/authorized_keys)")
+    p.add_argument("-oidc-ca-file", default=None, metavar="FILE",
+                   help="CA bundle to trust when fetching OIDC discovery documents and "
+                        "JWKS (default: the system's, or $SSL_CERT_FILE)")
     p.add_argument("-enable-password-login", action="store_true",
                    help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
                         "off by default")
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                           cert_path=args.cert, key_path=args.key, backend=args.quic_backend,
                           authorized_keys_files=args.authorized_keys_file,
                           enable_password_login=args.enable_password_login,
+                          oidc_ca_file=args.oidc_ca_file,
                           penalties=PenaltyPolicy(enabled=args.per_source_penalties == "yes",
                                                   exempt=exempt),
                           max_auth_tries=args.max_auth_tries,

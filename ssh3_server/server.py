@@ -53,6 +53,7 @@ class ServerConfig:
     max_unauthenticated: int = 100  # connections not yet authenticated, at once
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
+    oidc_ca_file: str | None = None  # -oidc-ca-file: CA bundle for OIDC fetches
     # -disable-tcp-forwarding / -disable-udp-forwarding refuse direct-tcp / direct-udp
     allow_tcp_forwarding: bool = True
     allow_udp_forwarding: bool = True
@@ -84,7 +85,8 @@ class SSH3Server(ProtocolHandler):
         self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
         self.authenticator = Authenticator(
             AuthSettings(enable_password_login=config.enable_password_login,
-                         authorized_keys_files=config.authorized_keys_files),
+                         authorized_keys_files=config.authorized_keys_files,
+                         oidc_ca_file=config.oidc_ca_file),
             self.penalties, self.base_permissions(), self._running_as_root, self._own_user)
 
     def base_permissions(self) -> Permissions:
