@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import secrets
 import ssl
 import threading
@@ -230,6 +231,7 @@ class Provider:
     # -- lifecycle
 
     def start(self) -> Provider:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         cert, key = self.ca.issue(self.name)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)

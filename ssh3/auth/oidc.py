@@ -17,8 +17,9 @@ reference applies:
 
 `verify_id_token` does no I/O: it takes the issuer's keys as an argument.
 `ProviderCache` fetches discovery documents and JWKS over HTTPS with an async HTTP
-client (httpx2.AsyncClient, the successor of httpx that authlib now uses: the fetch awaits on the server's event loop instead of
-blocking it, and no thread pool is needed), caches them per issuer with a TTL, and
+client (httpx2.AsyncClient, the successor of httpx that authlib now uses: the fetch
+awaits on the server's event loop instead of blocking it, and no thread pool is
+needed), caches them per issuer with a TTL, and
 refetches the JWKS when a token names a ``kid`` it does not know (key rotation),
 with a cap on such forced refreshes so that tokens with random ``kid``s cannot make
 the server hammer the provider.
@@ -127,19 +128,23 @@ def _candidate_keys(jwks: Mapping[str, Any], kid: str | None, alg: str) -> list[
     if not isinstance(entries, list):
         raise OidcError("the issuer's JWKS has no key list")
     keys = []
+    kid_seen = False
     for entry in entries:
         if not isinstance(entry, dict):
             continue
         if kid is not None and entry.get("kid") != kid:
             continue
+        kid_seen = True
         if entry.get("use", "sig") != "sig" or entry.get("alg", alg) != alg:
             continue
         try:
             keys.append(import_key(entry))
         except Exception as exc:  # noqa: BLE001 - a malformed JWK is skipped
             log.debug("JWK %r skipped: %s", entry.get("kid"), exc)
-    if not keys and kid is not None:
+    if not kid_seen and kid is not None:
         raise UnknownKeyId(kid)
+    if not keys:
+        raise OidcError(f"no key of the issuer's JWKS is for {alg} signatures")
     return keys
 
 
@@ -170,7 +175,8 @@ def verify_id_token(token: str, keys: ProviderKeys, client_id: str, issuer_url: 
         raise OidcError("not a compact JWS")
     header = _b64json(parts[0], "header")
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in keys.algorithms:
+    # SUPPORTED_ALGS again: "none" and HMAC never pass, whatever `keys` says
+    if not isinstance(alg, str) or alg not in keys.algorithms or alg not in SUPPORTED_ALGS:
         raise OidcError(f"algorithm {alg!r} not allowed (allowed: "
                         f"{', '.join(sorted(keys.algorithms))})")
     kid = header.get("kid")
