@@ -503,8 +503,7 @@ async def load_identities(args: Any, env: Mapping[str, str] | None = None,
 
         if not explicit and not options.pubkeys_for_agent:
             identities = []
-        oidc = await oidc_identity(args, env)
-        identities += [oidc] if oidc is not None else []
+        identities.append(await oidc_identity(args, env))
     log.debug("identities, in order: %s", ", ".join(i.label for i in identities) or "none")
     return identities
 

@@ -344,8 +344,9 @@ async def get_id_token(issuer: str, config_path: str | None, *, pkce: bool = Tru
 
 
 async def oidc_identity(args: Any, env: Mapping[str, str] | None = None) -> Any:
-    """The `-use-oidc` identity, its token already obtained; None if the login failed."""
-    from ssh3.aio.client import Identity
+    """The `-use-oidc` identity, its token already obtained. If the login failed, the
+    identity says so when tried (so the connection error names it as skipped)."""
+    from ssh3.aio.client import Identity, IdentityUnavailable
 
     issuer: str = args.use_oidc
     try:
@@ -355,7 +356,12 @@ async def oidc_identity(args: Any, env: Mapping[str, str] | None = None) -> Any:
                                       else None, env=env)
     except OidcLoginError as exc:
         _say(f"OIDC login with {issuer} failed: {exc}")
-        return None
+        failure = str(exc)
+
+        def unavailable(user: str, conversation_id: bytes) -> str:
+            raise IdentityUnavailable(failure)
+
+        return Identity(f"oidc {issuer}", unavailable)
 
     def make(user: str, conversation_id: bytes) -> str:
         return "Bearer " + id_token

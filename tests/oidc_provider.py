@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import ClientMixin, grants
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc8628 import (
@@ -72,6 +73,10 @@ class TestCA:
                      .sign(self._key, hashes.SHA256()))
         self.cert_path = directory / "ca.pem"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this CA only."""
+        return ssl.create_default_context(cafile=str(self.cert_path))
 
     def issue(self, name: str) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -365,7 +370,11 @@ class Provider:
         def authorize() -> Any:
             provider.authorize_requests.append(dict(request.args))
             # auto-consent for the test user (a real provider shows a login page here)
-            return server.create_authorization_response(grant_user=provider.user)
+            try:
+                grant = server.get_consent_grant(end_user=provider.user)
+            except OAuth2Error as error:
+                return jsonify({"error": error.error}), 400
+            return server.create_authorization_response(grant_user=provider.user, grant=grant)
 
         @app.post(prefix + "/token")
         def token() -> Any:
