@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import webbrowser
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -153,6 +154,14 @@ def _id_token(token: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- code flow
 
 
+def _open_browser(url: str) -> None:
+    try:
+        if not webbrowser.open(url):
+            log.debug("no browser could be opened")
+    except Exception as exc:  # noqa: BLE001 - the URL is printed anyway
+        log.debug("opening a browser failed: %s", exc)
+
+
 class _RedirectListener:
     """Receives the one redirect that carries the code (h11 over an asyncio server)."""
 
@@ -242,9 +251,11 @@ async def code_flow(config: OidcClientConfig, discovery: Mapping[str, Any], *, p
                                                      code_verifier=verifier)
             _say(f"log in at this URL (it opens in your browser if there is one):\n{url}")
             if has_browser(env):
-                # webbrowser waits for a $BROWSER command to exit: not on the event loop
-                opener = asyncio.ensure_future(asyncio.to_thread(webbrowser.open, url))
-                opener.add_done_callback(lambda f: f.cancelled() or f.exception())
+                # webbrowser waits for a $BROWSER command to exit (a browser that was not
+                # running yet exits when closed): a daemon thread, so neither the event
+                # loop nor ssh3's exit waits for it
+                threading.Thread(target=_open_browser, args=(url,), name="ssh3-browser",
+                                 daemon=True).start()
             try:
                 query = await asyncio.wait_for(asyncio.shield(listener.result), timeout)
             except TimeoutError:
