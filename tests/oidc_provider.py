@@ -192,6 +192,7 @@ class Provider:
         self.client_id, self.client_secret = client_id, client_secret
         self.device_interval = device_interval
         self.overrides: dict[str, Any] = {}
+        self.slow_down_polls = 0  # answer this many device-flow polls with slow_down
         self.keys: list[RSAKey] = []
         self.rotate_key()
         self.codes: dict[str, AuthCode] = {}
@@ -199,6 +200,7 @@ class Provider:
         self.user_grants: dict[str, bool] = {}
         self.authorize_requests: list[dict[str, str]] = []  # what /authorize was asked
         self.token_requests: list[dict[str, str]] = []  # grant_type + auth method seen
+        self.poll_times: list[float] = []  # when the token endpoint was called
         self.jwks_fetches = 0
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -322,6 +324,9 @@ class Provider:
                 return provider.user, provider.user_grants[user_code]
 
             def should_slow_down(self, credential: Any) -> bool:
+                if provider.slow_down_polls > 0:
+                    provider.slow_down_polls -= 1
+                    return True
                 return False
 
         class DeviceEndpoint(DeviceAuthorizationEndpoint):
@@ -378,6 +383,7 @@ class Provider:
 
         @app.post(prefix + "/token")
         def token() -> Any:
+            provider.poll_times.append(time.monotonic())
             provider.token_requests.append({
                 "grant_type": request.form.get("grant_type", ""),
                 "auth": "client_secret_basic" if request.authorization

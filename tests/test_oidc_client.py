@@ -94,3 +94,39 @@ def test_redirect_listener_checks_the_state() -> None:
             assert (await _get(listener.port, "/other")).startswith(b"HTTP/1.1 404")
 
     asyncio.run(scenario())
+
+
+def test_device_flow_polls_at_the_interval_and_slows_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 8628 §3.5 against the in-suite provider: interval 1 s, then +5 s after a
+    slow_down; the user approves after the first polls."""
+    import httpx2
+    from oidc_provider import Provider, TestCA
+
+    from ssh3_client.oidc import device_flow, discover
+
+    ca = TestCA(tmp_path / "ca")
+    with Provider(ca, name="dev") as op:
+        op.slow_down_polls = 1
+        config = OidcClientConfig(op.issuer, op.client_id, op.client_secret)
+
+        async def scenario() -> str:
+            ctx = ca.context()
+            async with httpx2.AsyncClient(verify=ctx) as http:
+                discovery = (await http.get(
+                    op.issuer + "/.well-known/openid-configuration")).json()
+            flow = asyncio.ensure_future(device_flow(config, discovery))
+            while len(op.poll_times) < 1:  # the first poll (answered slow_down)
+                await asyncio.sleep(0.05)
+            code = next(iter(op.device_credentials.values()))["user_code"]
+            async with httpx2.AsyncClient(verify=ctx) as http:
+                await http.post(op.issuer + "/device/approve", data={"user_code": code})
+            return await asyncio.wait_for(flow, 30)
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_path))  # what the client trusts
+        token = asyncio.run(scenario())
+        assert asyncio.run(discover(op.issuer))["issuer"] == op.issuer
+        assert token.count(".") == 2
+        assert len(op.poll_times) == 2
+        # after slow_down the client waited interval + 5 s before polling again
+        assert op.poll_times[1] - op.poll_times[0] >= 6.0
