@@ -42,7 +42,7 @@ class AuthSettings:
     enable_password_login: bool = False
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
-    # CA bundle trusted for OIDC discovery/JWKS fetches (None: $SSL_CERT_FILE or certifi)
+    # CA bundle trusted for OIDC discovery/JWKS fetches (None: the system's store)
     oidc_ca_file: str | None = None
 
 
@@ -74,7 +74,8 @@ class Authenticator:
         method = ("publickey" if text.startswith("Bearer ")
                   else "password" if text.startswith("Basic ") else "none")
         if method == "publickey" and is_id_token(text[len("Bearer "):]):
-            method = "oidc"  # the reference's order: pubkey JWTs, Basic, then OIDC
+            # an ID token, not a key JWT (reference order: key JWTs, Basic, then OIDC)
+            method = "oidc"
         outcome = _Outcome()
         try:
             user: UserInfo | None = None

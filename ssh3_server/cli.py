@@ -147,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 2
+    if args.oidc_ca_file:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=args.oidc_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"ssh3-server: -oidc-ca-file {args.oidc_ca_file}: {exc}", file=sys.stderr)
+            return 2
     if args.max_auth_tries < 1 or args.max_unauthenticated < 1 or args.login_grace_time <= 0:
         print("ssh3-server: -max-auth-tries, -max-unauthenticated and -login-grace-time "
               "must be positive", file=sys.stderr)

@@ -304,3 +304,17 @@ def test_unknown_issuer_in_client_config(oidc_client, oidc_server, ca):
     assert b"no usable identity" in r.stderr and b"skipped: oidc https://127.0.0.1:1" \
         in r.stderr, r.stderr
 
+
+
+def test_server_refuses_an_unusable_ca_file(tmp_path):
+    bad = tmp_path / "bad-ca.pem"
+    bad.write_text("not a certificate\n")
+    for ca_file in (bad, tmp_path / "missing.pem"):
+        r = subprocess.run([find_program("ssh3-server"), "-bind", "127.0.0.1:0",
+                            "-generate-selfsigned-cert", "-cert", str(tmp_path / "c.pem"),
+                            "-key", str(tmp_path / "k.pem"), "-oidc-ca-file", str(ca_file)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        assert r.returncode == 2, r.stderr
+        assert f"-oidc-ca-file {ca_file}".encode() in r.stderr
+        (tmp_path / "c.pem").unlink()
+        (tmp_path / "k.pem").unlink()
