@@ -149,6 +149,11 @@ class TcpForwarder:
                                f"{_os_reason(exc)}") from None
         log.info("forwarding TCP %s -> %s", self.spec.listen_port, host_port(*self.target))
 
+    def get_port(self) -> int:
+        """The local port listened on (the one picked when the spec asked for 0)."""
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
     def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.ensure_future(self._relay(reader, writer))
         self._connections.add(task)
@@ -298,6 +303,11 @@ class UdpForwarder(asyncio.DatagramProtocol):
                                f"{_os_reason(exc)}") from None
         self._expiry = asyncio.ensure_future(self._expire())
         log.info("forwarding UDP %s -> %s", self.spec.listen_port, host_port(*self.target))
+
+    def get_port(self) -> int:
+        """The local port listened on (the one picked when the spec asked for 0)."""
+        assert self.transport is not None, "not started"
+        return int(self.transport.get_extra_info("sockname")[1])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
