@@ -18,6 +18,9 @@ _LAZY = {
     "CompletedProcess": "client_process",
     "ProcessError": "client_process",
     "ChannelOpenError": "client_process",
+    "SSH3ClientError": "aio.client",
+    "HostKeyError": "aio.client",
+    "AuthenticationFailed": "aio.client",
     "listen": "server_api",
     "Server": "server_api",
     "ServerHooks": "server_api",
@@ -26,12 +29,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "ChannelOpenError", "CompletedProcess", "Connection", "Listener", "LoginAttempt",
-    "ProcessError", "SSH3ClientProcess", "Server", "ServerHooks", "SessionInfo",
-    "connect", "listen",
+    "AuthenticationFailed", "ChannelOpenError", "CompletedProcess", "Connection",
+    "HostKeyError", "Listener", "LoginAttempt", "ProcessError", "SSH3ClientError",
+    "SSH3ClientProcess", "Server", "ServerHooks", "SessionInfo", "connect", "listen",
 ]
 
 if TYPE_CHECKING:  # type checkers see the real names; nothing is imported at runtime
+    from .aio.client import AuthenticationFailed, HostKeyError, SSH3ClientError
     from .api import Connection, Listener, connect
     from .client_process import (
         ChannelOpenError,

@@ -276,20 +276,29 @@ def _identities(keys: Sequence[Any] | None) -> list[Identity]:
 @contextlib.asynccontextmanager
 async def connect(destination: str, *, port: int | None = None, path: str | None = None,
                   username: str | None = None, client_keys: Sequence[Any] | None = None,
-                  known_hosts: str | None = None, accept_new: bool = False,
+                  known_hosts: str | Sequence[bytes] | None = None, accept_new: bool = False,
                   insecure: bool = False, backend: str | None = None,
                   connect_timeout: float = 15.0,
                   keepalive_interval: float = KEEPALIVE_INTERVAL) -> AsyncIterator[Connection]:
     """Connect and authenticate to `[user@]host[:port][/path]`.
 
     `client_keys`: key file paths or private keys (default: ~/.ssh/id_ed25519, id_ecdsa,
-    id_rsa that exist). Raises `ssh3.aio.client.SSH3ClientError` subclasses on
-    failure (HostKeyError, AuthenticationFailed, ServerNotFound, …)."""
+    id_rsa that exist). `known_hosts`: a known_hosts file (default
+    ~/.ssh3/known_hosts), or the server certificates (DER) to accept, nothing else.
+    Raises `ssh3.aio.client.SSH3ClientError` subclasses on failure (HostKeyError,
+    AuthenticationFailed, ServerNotFound, …)."""
     host, the_port, the_path, user = _parse_destination(destination, port, path, username)
-    known_path = os.path.expanduser(known_hosts or default_path())
+    pinned = None if known_hosts is None or isinstance(known_hosts, str) else list(known_hosts)
+    known_path = os.path.expanduser(
+        known_hosts if isinstance(known_hosts, str) else default_path())
     canonical = canonical_host(host, the_port, the_path)
 
     async def verify(der: bytes, chain: list[bytes] | None = None) -> None:
+        if pinned is not None:
+            if der not in pinned:
+                raise HostKeyError(f"the certificate of {canonical} is not one of the "
+                                   f"{len(pinned)} given in known_hosts=")
+            return
         known = KnownHosts.load(known_path)
         state = known.check(canonical, der)
         if state == "match":

@@ -41,10 +41,11 @@ CHANNEL_ABORTED = 0x10C
 
 
 class ChannelOpenError(Exception):
-    """The server refused the session channel (ChannelOpenFailure)."""
+    """The server refused a channel (ChannelOpenFailure): a session, or a
+    direct-tcp connection it could not make or was not allowed to."""
 
     def __init__(self, reason_code: int, message: str) -> None:
-        super().__init__(f"the server refused the session: {message} (reason {reason_code})")
+        super().__init__(f"the server refused the channel: {message} (reason {reason_code})")
         self.reason_code = reason_code
         self.message = message
 
