@@ -18,10 +18,11 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._awaitable import AwaitableContext
 from .aio.client import (
     ConnectParams,
     HostKeyError,
@@ -99,49 +100,84 @@ class Connection:
     """One authenticated conversation; each process is a session channel of it,
     each forwarded connection a direct-tcp channel, each UDP flow a direct-udp one."""
 
-    def __init__(self, protocol: Any, conversation: Conversation) -> None:
+    def __init__(self, protocol: Any, conversation: Conversation,
+                 stack: contextlib.AsyncExitStack, keepalive_interval: float) -> None:
         self._protocol = protocol
         self.conversation = conversation
+        self._stack = stack  # holds the QUIC connection open
         self._listeners: list[Listener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._processes: weakref.WeakSet[SSH3ClientProcess] = weakref.WeakSet()
+        self._keepalive = asyncio.ensure_future(_keep_alive(protocol, keepalive_interval))
+        self._closing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def close(self) -> None:
+        """End processes, listeners and forwarded connections, then the connection."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+
+    async def wait_closed(self) -> None:
+        """Until close() has finished, or the server ended the connection."""
+        if self._closing is None:
+            waiters = {asyncio.ensure_future(self._protocol.terminated.wait()),
+                       asyncio.ensure_future(self.conversation.ended.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            self.close()
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
 
     # ------------------------------------------------------------ processes
 
-    async def create_process(self, command: str | None = None, *,
-                             subsystem: str | None = None, term_type: str | None = None,
-                             term_size: tuple[int, int] | None = None,
-                             env: dict[str, str] | None = None,
-                             encoding: str | None = "utf-8", errors: str = "strict",
-                             stdin: bytes | str | Any = None, stdout: Target = None,
-                             stderr: Target = None) -> SSH3ClientProcess:
+    def create_process(self, command: str | None = None, *,
+                       subsystem: str | None = None, term_type: str | None = None,
+                       term_size: tuple[int, int] | None = None,
+                       env: dict[str, str] | None = None,
+                       encoding: str | None = "utf-8", errors: str = "strict",
+                       stdin: bytes | str | Any = None, stdout: Target = None,
+                       stderr: Target = None) -> AwaitableContext[SSH3ClientProcess]:
         """Start `command` (`<login shell> -c command` on the server), a login shell
         when None, or a subsystem. `term_type` asks for a pty of `term_size`
         (columns, rows; default 80x24). `encoding=None` gives bytes. `stdin` may be
         bytes/str (sent, then EOF) or a binary file; `stdout`/`stderr` may be files
         that receive the output instead of the process's streams."""
-        channel = self.conversation.open_channel("session")
-        try:
-            for request in _env_requests(self.conversation, env or {}):
-                channel.send(request)
-            if term_type is not None:
-                columns, rows = term_size or (80, 24)
-                channel.send(PtyRequest(term_type, columns, rows, 0, 0, b"", want_reply=True))
-            if subsystem is not None:
-                channel.send(SubsystemRequest(subsystem, want_reply=True))
-            elif command is None:
-                channel.send(ShellRequest(want_reply=True))
-            else:
-                channel.send(ExecRequest(command.encode(), want_reply=True))
-        except BaseException:
-            _finish(channel)
-            raise
-        process = SSH3ClientProcess(self.conversation, channel, command, encoding, errors,
-                                    stdout, stderr)
-        self._processes.add(process)
-        if stdin is not None:
-            process._feed_stdin_from(stdin)
-        return process
+
+        async def start() -> SSH3ClientProcess:
+            channel = self.conversation.open_channel("session")
+            try:
+                for request in _env_requests(self.conversation, env or {}):
+                    channel.send(request)
+                if term_type is not None:
+                    columns, rows = term_size or (80, 24)
+                    channel.send(PtyRequest(term_type, columns, rows, 0, 0, b"",
+                                            want_reply=True))
+                if subsystem is not None:
+                    channel.send(SubsystemRequest(subsystem, want_reply=True))
+                elif command is None:
+                    channel.send(ShellRequest(want_reply=True))
+                else:
+                    channel.send(ExecRequest(command.encode(), want_reply=True))
+            except BaseException:
+                _finish(channel)
+                raise
+            process = SSH3ClientProcess(self.conversation, channel, command, encoding, errors,
+                                        stdout, stderr)
+            self._processes.add(process)
+            if stdin is not None:
+                process._feed_stdin_from(stdin)
+            return process
+
+        return AwaitableContext(start())
 
     async def run(self, command: str | None = None, *, input: bytes | str | None = None,
                   check: bool = False, timeout: float | None = None,
@@ -149,7 +185,7 @@ class Connection:
         """Run `command` to its end: create_process (same keywords), send `input`
         and EOF, return the CompletedProcess. `check=True` raises ProcessError on a
         non-zero exit."""
-        async with await self.create_process(command, **kwargs) as process:
+        async with self.create_process(command, **kwargs) as process:
             if input:
                 process.stdin.write(input)
             process.stdin.write_eof()
@@ -157,25 +193,33 @@ class Connection:
 
     # ------------------------------------------------------------ forwarding
 
-    async def forward_local_port(self, listen_host: str, listen_port: int, dest_host: str,
-                                 dest_port: int) -> Listener:
+    def forward_local_port(self, listen_host: str, listen_port: int, dest_host: str,
+                           dest_port: int) -> AwaitableContext[Listener]:
         """Listen on local TCP `listen_host:listen_port` (port 0: any free port, see
         `get_port()`; "" : every interface) and forward each connection to
         `dest_host:dest_port` as seen from the server (a name is resolved here)."""
-        spec = ForwardSpec("tcp", listen_host or None, listen_port, dest_host, dest_port,
-                           f"{listen_host}:{listen_port}:{dest_host}:{dest_port}")
-        forwarder = TcpForwarder(self.conversation, spec, await resolve(spec))
-        return await self._start(forwarder)
 
-    async def open_udp_forward(self, local_port: int, remote_host: str, remote_port: int,
-                               *, local_host: str = "127.0.0.1") -> Listener:
+        async def start() -> Listener:
+            spec = ForwardSpec("tcp", listen_host or None, listen_port, dest_host, dest_port,
+                               f"{listen_host}:{listen_port}:{dest_host}:{dest_port}")
+            forwarder = TcpForwarder(self.conversation, spec, await resolve(spec))
+            return await self._start(forwarder)
+
+        return AwaitableContext(start())
+
+    def open_udp_forward(self, local_port: int, remote_host: str, remote_port: int,
+                         *, local_host: str = "127.0.0.1") -> AwaitableContext[Listener]:
         """Listen on local UDP `local_host:local_port` (0: any free port) and send
         each source's datagrams to `remote_host:remote_port` from the server; the
         replies come back to that source."""
-        spec = ForwardSpec("udp", local_host or None, local_port, remote_host, remote_port,
-                           f"{local_host}:{local_port}:{remote_host}:{remote_port}")
-        forwarder = UdpForwarder(self.conversation, spec, await resolve(spec))
-        return await self._start(forwarder)
+
+        async def start() -> Listener:
+            spec = ForwardSpec("udp", local_host or None, local_port, remote_host, remote_port,
+                               f"{local_host}:{local_port}:{remote_host}:{remote_port}")
+            forwarder = UdpForwarder(self.conversation, spec, await resolve(spec))
+            return await self._start(forwarder)
+
+        return AwaitableContext(start())
 
     async def _start(self, forwarder: TcpForwarder | UdpForwarder) -> Listener:
         await forwarder.start()
@@ -222,6 +266,7 @@ class Connection:
     # ------------------------------------------------------------ end
 
     async def _close(self) -> None:
+        self._keepalive.cancel()
         for process in list(self._processes):
             process.close()
             await process.wait_closed()
@@ -229,8 +274,9 @@ class Connection:
             await listener.wait_closed()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self._keepalive, return_exceptions=True)
         self.conversation.close()
+        await self._stack.aclose()
 
 
 def _env_requests(conversation: Conversation, env: dict[str, str]) -> list[Any]:
@@ -273,14 +319,16 @@ def _identities(keys: Sequence[Any] | None) -> list[Identity]:
     return out
 
 
-@contextlib.asynccontextmanager
-async def connect(destination: str, *, port: int | None = None, path: str | None = None,
+def connect(destination: str, *, port: int | None = None, path: str | None = None,
                   username: str | None = None, client_keys: Sequence[Any] | None = None,
                   known_hosts: str | Sequence[bytes] | None = None, accept_new: bool = False,
                   insecure: bool = False, backend: str | None = None,
                   connect_timeout: float = 15.0,
-                  keepalive_interval: float = KEEPALIVE_INTERVAL) -> AsyncIterator[Connection]:
-    """Connect and authenticate to `[user@]host[:port][/path]`.
+                  keepalive_interval: float = KEEPALIVE_INTERVAL
+                  ) -> AwaitableContext[Connection]:
+    """Connect and authenticate to `[user@]host[:port][/path]`: `async with
+    ssh3.connect(...) as conn`, or `conn = await ssh3.connect(...)` then
+    `conn.close()` and `await conn.wait_closed()`.
 
     `client_keys`: key file paths or private keys (default: ~/.ssh/id_ed25519, id_ecdsa,
     id_rsa that exist). `known_hosts`: a known_hosts file (default
@@ -315,18 +363,19 @@ async def connect(destination: str, *, port: int | None = None, path: str | None
                            identities=_identities(client_keys), backend=backend,
                            insecure=insecure, verify_certificate=verify,
                            connect_timeout=connect_timeout)
-    async with open_connection(params) as protocol:
-        conversation = await establish(protocol, params)
-        await wait_settings(protocol)
-        connection = Connection(protocol, conversation)
-        keepalive = asyncio.ensure_future(_keep_alive(protocol, keepalive_interval))
+
+    async def open() -> Connection:
+        stack = contextlib.AsyncExitStack()
         try:
-            yield connection
-        finally:
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
-            await connection._close()
+            protocol = await stack.enter_async_context(open_connection(params))
+            conversation = await establish(protocol, params)
+            await wait_settings(protocol)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return Connection(protocol, conversation, stack, keepalive_interval)
+
+    return AwaitableContext(open())
 
 
 async def _keep_alive(protocol: Any, interval: float) -> None:

@@ -6,7 +6,7 @@
                 return attempt.accept()  # a session as the server's own user
             return None
 
-    async with await ssh3.listen("127.0.0.1", 4433, hooks=Hooks()) as server:
+    async with ssh3.listen("127.0.0.1", 4433, hooks=Hooks()) as server:
         await server.wait_closed()
 
 It is `ssh3-server` itself (ssh3_server.server.SSH3Server, which the program builds
@@ -25,6 +25,8 @@ from typing import Any
 
 from ssh3_server.hooks import LoginAttempt, ServerHooks, SessionInfo
 from ssh3_server.server import ServerConfig, SSH3Server
+
+from ._awaitable import AwaitableContext
 
 __all__ = ["listen", "Server", "ServerHooks", "LoginAttempt", "SessionInfo", "ServerConfig"]
 
@@ -75,13 +77,14 @@ class Server:
         await self.wait_closed()
 
 
-async def listen(host: str = "127.0.0.1", port: int = 0, *, url_path: str = "/ssh3-term",
-                 cert: str | None = None, key: str | None = None,
-                 hooks: ServerHooks | None = None,
-                 server_factory: Callable[[], ServerHooks] | None = None,
-                 backend: str | None = None, config: ServerConfig | None = None,
-                 **options: Any) -> Server:
-    """Start a server on UDP `host:port` (0: any free port, see `get_port()`).
+def listen(host: str = "127.0.0.1", port: int = 0, *, url_path: str = "/ssh3-term",
+           cert: str | None = None, key: str | None = None,
+           hooks: ServerHooks | None = None,
+           server_factory: Callable[[], ServerHooks] | None = None,
+           backend: str | None = None, config: ServerConfig | None = None,
+           **options: Any) -> AwaitableContext[Server]:
+    """Start a server on UDP `host:port` (0: any free port, see `get_port()`):
+    `server = await ssh3.listen(...)`, or `async with ssh3.listen(...) as server`.
 
     `cert`/`key`: PEM files; when both are None a self-signed pair is made for this
     server's lifetime (`certificate_der` is what clients pin). `hooks` (or
@@ -90,38 +93,43 @@ async def listen(host: str = "127.0.0.1", port: int = 0, *, url_path: str = "/ss
     authorized_keys_files, idle_timeout, ...); `config` gives the whole
     configuration instead, as `ssh3-server` does.
     """
-    if hooks is None and server_factory is not None:
-        hooks = server_factory()
-    scratch = None
-    if config is None:
-        if (cert is None) != (key is None):
-            raise ValueError("give both cert and key, or neither (a self-signed pair)")
-        if cert is None:
-            from .certs import generate_self_signed
 
-            scratch = tempfile.mkdtemp(prefix="ssh3-server-")
-            cert, key = str(Path(scratch, "cert.pem")), str(Path(scratch, "key.pem"))
-            generate_self_signed(cert, key)
-        assert key is not None
-        if not url_path.startswith("/"):
-            url_path = "/" + url_path
-        config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
-                              cert_path=cert, key_path=key, backend=backend, **options)
-    elif options or cert or key:
-        raise ValueError("with config=, give every setting in it")
-    server: SSH3Server | None = None
-    try:
-        server = SSH3Server(config, hooks)
-        address = await server.start()
-        der = _certificate_der(config.cert_path)
-    except BaseException:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await server.close()
-        raise
-    return Server(server, address, der, scratch)
+    async def start() -> Server:
+        nonlocal hooks, cert, key, url_path, config
+        if hooks is None and server_factory is not None:
+            hooks = server_factory()
+        scratch = None
+        if config is None:
+            if (cert is None) != (key is None):
+                raise ValueError("give both cert and key, or neither (a self-signed pair)")
+            if cert is None:
+                from .certs import generate_self_signed
+
+                scratch = tempfile.mkdtemp(prefix="ssh3-server-")
+                cert, key = str(Path(scratch, "cert.pem")), str(Path(scratch, "key.pem"))
+                generate_self_signed(cert, key)
+            assert key is not None
+            if not url_path.startswith("/"):
+                url_path = "/" + url_path
+            config = ServerConfig(bind_host=host, bind_port=port, url_path=url_path,
+                                  cert_path=cert, key_path=key, backend=backend, **options)
+        elif options or cert or key:
+            raise ValueError("with config=, give every setting in it")
+        server: SSH3Server | None = None
+        try:
+            server = SSH3Server(config, hooks)
+            address = await server.start()
+            der = _certificate_der(config.cert_path)
+        except BaseException:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await server.close()
+            raise
+        return Server(server, address, der, scratch)
+
+    return AwaitableContext(start())
 
 
 def _certificate_der(path: str) -> bytes:

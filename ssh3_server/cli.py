@@ -88,7 +88,7 @@ async def _serve(config: object) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with await listen(config=config) as server:  # type: ignore[arg-type]
+    async with listen(config=config) as server:  # type: ignore[arg-type]
         host, port = server.address
         print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
         await stop.wait()
