@@ -136,7 +136,7 @@ class TcpForwarder:
         self.spec = spec
         self.target = target
         self.report = report
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -354,7 +354,7 @@ class UdpForwarder(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > UDP_SEND_BUFFER_LIMIT:
+        if transport.get_write_buffer_size() > UDP_SEND_BUFFER_LIMIT:  # type: ignore[attr-defined]
             return
         transport.sendto(payload, flow.source)
 
