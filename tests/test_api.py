@@ -103,6 +103,9 @@ def test_process_signal_pty_redirects_and_backpressure(connect):
             # 8 MiB that nobody reads for a while: flow control holds the rest back
             async with await conn.create_process("head -c 8388608 /dev/zero",
                                                  encoding=None) as proc:
+                while len(proc.stdout._buffer) < 1 << 20:  # the 1 MiB limit is reached
+                    await proc.stdout._wait_data()
+                # the 7 MiB left come quickly on loopback unless flow control holds them
                 await asyncio.sleep(0.5)
                 out["buffered"] = len(proc.stdout._buffer)
                 total = 0
