@@ -10,6 +10,7 @@ library share one code path. A hook that raises is logged and counts as a refusa
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,10 +94,11 @@ class LoginAttempt:
         embedded server without accounts of its own), with `permissions` (default:
         what the server's settings allow). Only a root server may name another
         account."""
-        info = UserInfo.lookup(user or self._server.own_user)
-        if info.uid != self._server.euid and not self._server.running_as_root:
-            raise ValueError(f"the server runs as {self._server.own_user} and cannot "
-                             f"start sessions as {info.name}")
+        own = self._server._own_user
+        info = UserInfo.lookup(user or own)
+        if info.uid != os.geteuid() and not self._server._running_as_root:
+            raise ValueError(f"the server runs as {own} and cannot start sessions as "
+                             f"{info.name}")
         return Login(info, method or self.method, permissions or
                      self._server.base_permissions(), self.fingerprint)
 

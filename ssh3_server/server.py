@@ -79,9 +79,8 @@ class SSH3Server(ProtocolHandler):
         self._tickets: dict[bytes, object] = {}
         self._conversations: set[Conversation] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.euid = os.geteuid()
-        self.running_as_root = self._running_as_root = self.euid == 0
-        self.own_user = self._own_user = pwd.getpwuid(self.euid).pw_name
+        self._running_as_root = os.geteuid() == 0
+        self._own_user = pwd.getpwuid(os.geteuid()).pw_name
         self.address: tuple[str, int] | None = None
         self.penalties = PenaltyBox(config.penalties)
         self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
