@@ -84,15 +84,17 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, port_num
 
 
-async def _serve(server: object) -> None:
+async def _serve(config: object) -> None:
+    from ssh3.server_api import listen  # the library's entry: one way to build a server
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    host, port = await server.start()  # type: ignore[attr-defined]
-    print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.close()  # type: ignore[attr-defined]
+    async with listen(config=config) as server:  # type: ignore[arg-type]
+        host, port = server.address
+        print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                   "-generate-selfsigned-cert to create a pair", file=sys.stderr)
             return 1
     from .penalties import PenaltyPolicy, parse_networks
-    from .server import ServerConfig, SSH3Server
+    from .server import ServerConfig
     from .sessions import default_subsystems
 
     subsystems = default_subsystems()
@@ -175,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                           allow_agent_forwarding=not args.disable_agent_forwarding,
                           subsystems=subsystems)
     try:
-        server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(server))
+            asyncio.run(_serve(config))
     except (OSError, ValueError) as exc:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 1

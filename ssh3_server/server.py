@@ -26,6 +26,7 @@ from .forwarding import (
     ForwardingPolicy,
     serve_forward_channel,
 )
+from .hooks import LoginAttempt, ServerHooks, SessionInfo, authenticate, call, forward_permitted
 from .penalties import PenaltyBox, PenaltyPolicy
 from .permissions import Permissions
 from .sessions import Session, SessionContext, default_subsystems
@@ -71,8 +72,9 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, hooks: ServerHooks | None = None) -> None:
         self.config = config
+        self.hooks = hooks or ServerHooks()  # defaults: today's behaviour
         self.backend: Backend = get_backend(config.backend)
         self._server: object | None = None
         self._tickets: dict[bytes, object] = {}
@@ -233,8 +235,8 @@ class SSH3Server(ProtocolHandler):
                        "(no credential checked)", peer, username, left)
             self._respond(protocol, event, 401)
             return
-        login = await self.authenticator.authenticate(
-            username, conv_id, headers.get(b"authorization", b""), peer, host)
+        login = await authenticate(self.hooks, LoginAttempt(
+            self, username, conv_id, headers.get(b"authorization", b""), peer, host))
         if login is None:
             self._respond(protocol, event, 401)
             failures = getattr(protocol, "auth_failures", 0) + 1
@@ -266,15 +268,23 @@ class SSH3Server(ProtocolHandler):
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
         self._respond(protocol, event, 200, end=False)
         log.info("conversation %d for %s from %s started", event.stream_id, user.name, peer)
+        info = SessionInfo(user.name, ctx.peer, ctx.local, event.stream_id, login.method,
+                           login.fingerprint)
+        call(self.hooks.session_started, info)
         conv.add_end_callback(
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))
+        conv.add_end_callback(
+            lambda c: call(self.hooks.session_ended, info, c.end_reason or "ended"))
 
     # ------------------------------------------------------------ channels
 
     async def _serve_channel(self, conv: Conversation, channel: Channel,
                              ctx: SessionContext) -> None:
         if channel.channel_type in FORWARD_TYPES:
+            if not forward_permitted(self.hooks, channel, ctx.user.name, ctx.peer,
+                                     ctx.permissions):
+                return
             await serve_forward_channel(
                 conv, channel,
                 ForwardContext(ctx.user.name, ctx.peer, lambda: ctx.peer_extensions != 0),
