@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "AuthorizedKeysFile: %%h is the home directory, %%u the user name, "
                         "relative paths are under the home; repeatable (default "
                         "%%h/.ssh3/authorized_identities and %%h/.ssh/authorized_keys)")
+    p.add_argument("-trusted-user-ca-keys", default=None, metavar="FILE",
+                   help="OpenSSH CA public keys (one a line) whose user certificates are "
+                        "accepted for any user they name as principal, like sshd's "
+                        "TrustedUserCAKeys (docs/certificates.md)")
+    p.add_argument("-permit-user-environment", action="store_true",
+                   help="honour environment=\"NAME=value\" options in authorized_keys, like "
+                        "sshd's PermitUserEnvironment (off by default)")
     p.add_argument("-enable-password-login", action="store_true",
                    help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
                         "off by default")
@@ -161,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
                           allow_udp_forwarding=not args.disable_udp_forwarding,
                           allow_agent_forwarding=not args.disable_agent_forwarding,
-                          subsystems=subsystems)
+                          subsystems=subsystems,
+                          permit_user_environment=args.permit_user_environment,
+                          trusted_user_ca_keys=args.trusted_user_ca_keys)
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):
