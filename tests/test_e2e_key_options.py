@@ -19,7 +19,6 @@ import pytest
 from e2e_helpers import BACKENDS, HOST, USER, Client, Server, make_key, wait_for
 from ssh_agent_helpers import HAVE_AGENT, running_agent
 
-
 NO_PENALTIES = ["-per-source-penalties", "no"]
 
 
