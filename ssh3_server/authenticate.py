@@ -139,7 +139,8 @@ class Authenticator:
         return outcome.accepted
 
     def _dummy_publickey(self, text: str, conv_id: bytes) -> None:
-        dummy_verification(text[len("Bearer "):], conv_id)
+        dummy_verification(text[len("Bearer "):], conv_id, self.base_permissions,
+                           self._trusted_cas())
 
     def _trusted_cas(self) -> set[bytes]:
         path = self.settings.trusted_user_ca_keys

@@ -45,11 +45,11 @@ _DUMMY_KEY_LINES = {
              "UyCteDF+Z9XU1uX1RARHHpfU8nZ4pPiNbDI4eopy+b01426xX/dL9HhV0W5eA11SrWO+ImKYe173NvIr"
              "82B5ckKfAVgxZEyCuNoHkx6nf7J36G8vnbKesD6yMeljCR27MEqMkwONZAWmDCFmZzzsTO8=",
 }
-_dummy_keys: dict[str, object] = {}
 
-
-def dummy_verification(token: str, conversation_id: bytes) -> None:
-    """Verify *token* against a key nobody holds (the unknown-user path)."""
+def dummy_verification(token: str, conversation_id: bytes, base: Permissions,
+                       trusted_cas: set[bytes]) -> None:
+    """The unknown-user path: the same steps as a real check (an identity line is
+    parsed, the token verified), against a key nobody holds."""
     try:
         alg = token_header(token).get("alg")
     except TokenError:
@@ -57,15 +57,11 @@ def dummy_verification(token: str, conversation_id: bytes) -> None:
     line = _DUMMY_KEY_LINES.get(alg) if isinstance(alg, str) else None
     if line is None:
         return
-    key = _dummy_keys.get(line)
-    if key is None:
-        from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    from ssh3.auth.authorized_keys import parse_identities
 
-        key = _dummy_keys[line] = load_ssh_public_key(line.encode())
-    try:
-        verify_token(token, [key], "", conversation_id)
-    except TokenError:
-        pass
+    identities, _ = parse_identities(line + " dummy\n", "dummy")
+    lines = [i for i in identities if isinstance(i, PublicKeyIdentity)]
+    PublicKeyCheck(token, "", conversation_id, "", base, False).run(lines, trusted_cas)
 
 
 @dataclass

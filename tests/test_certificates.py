@@ -171,6 +171,6 @@ def test_dummy_verification_costs_a_verification(tmp_path, ca):
     key, blob = make_cert(tmp_path, ca, "-n", "alice", kind="rsa")
     token = token_for(key, "alice", None)
     started = time.perf_counter()
-    dummy_verification(token, CONV)
-    dummy_verification("garbage", CONV)  # does not raise
+    dummy_verification(token, CONV, Permissions(), set())
+    dummy_verification("garbage", CONV, Permissions(), set())  # does not raise
     assert time.perf_counter() - started < 5
