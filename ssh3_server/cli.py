@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 2
     url_path = args.url_path if args.url_path.startswith("/") else "/" + args.url_path
+    if args.trusted_user_ca_keys is not None:
+        from ssh3.auth.certificates import check_trusted_ca_file
+
+        if not check_trusted_ca_file(args.trusted_user_ca_keys):
+            return 1
     if args.generate_selfsigned_cert:
         from ssh3.certs import generate_self_signed
 

@@ -226,6 +226,23 @@ def load_trusted_ca_file(path: str) -> tuple[set[bytes], list[str]]:
     return keys, warnings
 
 
+def check_trusted_ca_file(path: str) -> bool:
+    """At server start: False (with the reason on stderr) if *path* cannot be read;
+    warnings for lines that are not keys, or for a file without any key."""
+    import sys
+
+    try:
+        keys, warnings = load_trusted_ca_file(path)
+    except OSError as exc:
+        print(f"ssh3-server: -trusted-user-ca-keys: {exc}", file=sys.stderr)
+        return False
+    for warning in warnings:
+        print(f"ssh3-server: warning: {warning}", file=sys.stderr)
+    if not keys:
+        print(f"ssh3-server: warning: {path} holds no CA key", file=sys.stderr)
+    return True
+
+
 __all__ = [
     "CERT_SUFFIX",
     "HEADER_FIELD",
@@ -233,6 +250,7 @@ __all__ = [
     "CertificateGrant",
     "certificate_blob_of_text",
     "certified_key_blob",
+    "check_trusted_ca_file",
     "check_certificate",
     "decode_header_value",
     "encode_header_value",
