@@ -96,6 +96,8 @@ class PublicKeyCheck:
         if plain.permissions is None and cert_result is not None:
             plain.reason = f"certificate refused: {cert_result.reason}; plain key: {plain.reason}"
             plain.detail = cert_result.detail
+            if plain.fingerprint == "-":
+                plain.fingerprint = cert_result.fingerprint
         return plain
 
     def _narrow(self, line: PublicKeyIdentity | None) -> Permissions:

@@ -174,3 +174,60 @@ def test_dummy_verification_costs_a_verification(tmp_path, ca):
     dummy_verification(token, CONV, Permissions(), set())
     dummy_verification("garbage", CONV, Permissions(), set())  # does not raise
     assert time.perf_counter() - started < 5
+
+
+# the example of docs/certificates.md
+DOC_CA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICmsuuFBvMrwsi4alNNNC8c2HlJtC/4SyJeUvJMilm3X"
+DOC_CERT = (
+    "ssh-ed25519-cert-v01@openssh.com AAAAIHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29tAAA"
+    "AIEB+bpRlU95q/r1aeklwC5op1YT/1MCF0pD39f6DghlAAAAAIAOhB7/zzhC+HXDdGOdLwJln5NYwm6UNXx3"
+    "chmQSVTG4AAAAAAAAAAcAAAABAAAADWFsaWNlQGV4YW1wbGUAAAAJAAAABWFsaWNlAAAAAGVTyfAAAAAAZVV"
+    "QkAAAAAAAAAASAAAACnBlcm1pdC1wdHkAAAAAAAAAAAAAADMAAAALc3NoLWVkMjU1MTkAAAAgKay64UG8yvC"
+    "yLhqU000LxzYeUm0L/hLIl5S8kyKWbdcAAABTAAAAC3NzaC1lZDI1NTE5AAAAQJUrXG/CAbUdhLeQNdVSovh"
+    "Wg6iDxeOFMfVuapF12WYHq2/g5pXedsvgVHdQjyxlvQej6UTpPVJzrJSMaJf3HwY="
+)
+DOC_TOKEN = (
+    "eyJhbGciOiJFZERTQSIsInNzaDMtY2VydCI6IkFBQUFJSE56YUMxbFpESTFOVEU1TFdObGNuUXRkakF4UUc5"
+    "d1pXNXpjMmd1WTI5dEFBQUFJRUIrYnBSbFU5NXEvcjFhZWtsd0M1b3AxWVQvMU1DRjBwRDM5ZjZEZ2hsQUFB"
+    "QUFJQU9oQjcvenpoQytIWERkR09kTHdKbG41Tll3bTZVTlh4M2NobVFTVlRHNEFBQUFBQUFBQUFjQUFBQUJB"
+    "QUFBRFdGc2FXTmxRR1Y0WVcxd2JHVUFBQUFKQUFBQUJXRnNhV05sQUFBQUFHVlR5ZkFBQUFBQVpWVlFrQUFB"
+    "QUFBQUFBQVNBQUFBQ25CbGNtMXBkQzF3ZEhrQUFBQUFBQUFBQUFBQUFETUFBQUFMYzNOb0xXVmtNalUxTVRr"
+    "QUFBQWdLYXk2NFVHOHl2Q3lMaHFVMDAwTHh6WWVVbTBML2hMSWw1UzhreUtXYmRjQUFBQlRBQUFBQzNOemFD"
+    "MWxaREkxTlRFNUFBQUFRSlVyWEcvQ0FiVWRoTGVRTmRWU292aFdnNmlEeGVPRk1mVnVhcEYxMldZSHEyL2c1"
+    "cFhlZHN2Z1ZIZFFqeXhsdlFlajZVVHBQVkp6ckpTTWFKZjNId1k9IiwidHlwIjoiSldUIn0.eyJhdWQiOiJ1"
+    "bnVzZWQiLCJjbGllbnRfaWQiOiJzc2gzLWFsaWNlIiwiZXhwIjoxNzAwMDAwMDEwLCJpYXQiOjE3MDAwMDAw"
+    "MDAsImlzcyI6ImFsaWNlIiwianRpIjoiN0g1Y3kvblRYQUovbnNPcEhtYlc3azBZRUhkUWJRdVVKdVdnL0Mr"
+    "aFh1TT0iLCJzdWIiOiJzc2gzIn0.wML2BLmnV8gOVJ8P9aT9J5u_PsFfT6HRFcsteX_1mAdutoAApTSShVGs"
+    "RYSWinnn-b6vjUMmrabZSJKFfRQ5CQ"
+)
+
+
+def test_documented_example():
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    blob = certificate_blob_of_text(DOC_CERT.encode())
+    assert blob is not None
+    ca_key = base64.b64decode(DOC_CA.split()[1])
+    grant = check_certificate(blob, user="alice", client_address="192.0.2.1",
+                              trusted_cas={ca_key: {"alice"}}, now=1700000000)
+    assert (grant.key_id, grant.serial, grant.permit_pty, grant.permit_port_forwarding) == (
+        "alice@example", 7, True, False)
+    user = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    conv = base64.b64decode("7H5cy/nTXAJ/nsOpHmbW7k0YEHdQbQuUJuWg/C+hXuM=")
+    assert build_token(user, "alice", conv, now=1700000000, certificate=blob) == DOC_TOKEN
+    ca = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
+    assert key_blob(ca.public_key()) == ca_key
+    with pytest.raises(CertificateError, match="certificate expired"):
+        check_certificate(blob, user="alice", client_address="192.0.2.1",
+                          trusted_cas={ca_key: {"alice"}}, now=1700090000)
+
+
+def test_p521_only_as_a_certificate_authority(tmp_path):
+    keygen("-t", "ecdsa", "-b", "521", "-N", "", "-f", str(tmp_path / "ca521"))
+    line = Path(f"{tmp_path / 'ca521'}.pub").read_text().strip()
+    ids, warnings = parse_identities(f"{line}\ncert-authority {line}\n", "ak")
+    assert warnings == ["ak:1: unsupported key type ecdsa-sha2-nistp521"]
+    assert len(ids) == 1 and ids[0].options.cert_authority  # type: ignore[union-attr]
+    key, blob = make_cert(tmp_path, tmp_path / "ca521", "-n", "alice")
+    result = check(token_for(key, "alice", blob), f"cert-authority {line}\n", set())
+    assert result.permissions is not None, result.reason

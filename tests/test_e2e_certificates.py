@@ -94,7 +94,8 @@ def login(client: Client, server: Server, key: Path, command: str = "echo in",
 def refused(client: Client, server: Server, key: Path, reason: str) -> None:
     r = login(client, server, key, "echo must-not-run")
     assert (r.returncode, r.stdout) == (255, b""), r.stderr
-    assert log_has(server, rf"auth refused .*reason=certificate refused: {reason}"), \
+    assert log_has(server, rf"auth refused .* key=SHA256:\S+ reason=certificate refused: "
+                           rf"{reason}"), \
         server.log()[-2000:]
 
 

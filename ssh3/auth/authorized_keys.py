@@ -27,6 +27,10 @@ SUPPORTED_KEY_TYPES = frozenset(
     {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ssh-rsa"}
 )
 
+# a cert-authority line only verifies certificate signatures, never a JWT, so its
+# key may also be of a type that cannot sign one
+CA_ONLY_KEY_TYPES = frozenset({"ecdsa-sha2-nistp521"})
+
 # A user's identity files are small; the cap bounds what a root server reads
 # from a user-controlled path.
 MAX_IDENTITY_FILE_SIZE = 1 << 20
@@ -136,7 +140,8 @@ def _make_key_identity(
         raise _LineError(f"invalid key data for {type_word}")
     if blob_type != type_word:
         raise _LineError(f"key type {type_word} does not match key data ({blob_type})")
-    if blob_type not in SUPPORTED_KEY_TYPES:
+    if blob_type not in SUPPORTED_KEY_TYPES and not (
+            options.cert_authority and blob_type in CA_ONLY_KEY_TYPES):
         raise _LineError(f"unsupported key type {blob_type}")
     try:
         key = load_ssh_public_key(f"{blob_type} {b64}".encode("ascii"))
@@ -167,7 +172,8 @@ def _parse_line(line: str, source: str, line_number: int) -> tuple[Identity, lis
         raw_options, after = scanned
         type_word, key_rest = _split_field(after)
         b64, _ = _split_field(key_rest)
-        if type_word in SUPPORTED_KEY_TYPES or (b64 and _blob_key_type(b64) is not None):
+        if type_word in SUPPORTED_KEY_TYPES | CA_ONLY_KEY_TYPES or (
+                b64 and _blob_key_type(b64) is not None):
             options = _parse_options(raw_options)
             identity = _make_key_identity(type_word, key_rest, options, source, line_number)
             return identity, []
