@@ -63,6 +63,7 @@ def _direction_id(param: tuple[str, str]) -> str:
 class AuthKeys:
     encrypted: Path  # passphrase PASSPHRASE
     agent: Path  # unencrypted, loaded into an agent; never given as a file
+    certified: Path  # unencrypted, with certified-cert.pub beside it (docs/certificates.md)
 
 
 def _keygen(path: Path, passphrase: str) -> None:
@@ -84,11 +85,18 @@ def auth_keys(ref_bin_dir: Path, workspace: Path, login_user: LoginUser) -> Iter
         pytest.skip("needs OpenSSH's ssh-keygen")
     directory = workspace / "auth-keys"
     directory.mkdir()
-    keys = AuthKeys(directory / "id_encrypted", directory / "id_agent")
+    keys = AuthKeys(directory / "id_encrypted", directory / "id_agent",
+                    directory / "id_certified")
     _keygen(keys.encrypted, PASSPHRASE)
     _keygen(keys.agent, "")
+    _keygen(keys.certified, "")
+    _keygen(directory / "ca", "")
+    subprocess.run(["ssh-keygen", "-q", "-s", str(directory / "ca"), "-I", "interop",
+                    "-n", login_user.name, f"{keys.certified}.pub"], check=True, timeout=30,
+                   capture_output=True, stdin=subprocess.DEVNULL)
     _chown_tree(directory, login_user)
-    lines = [Path(f"{k}.pub").read_bytes().strip() for k in (keys.encrypted, keys.agent)]
+    lines = [Path(f"{k}.pub").read_bytes().strip()
+             for k in (keys.encrypted, keys.agent, keys.certified)]
     if login_user.authorized_keys_file is not None:
         target = login_user.authorized_keys_file
     else:
@@ -335,3 +343,23 @@ def test_agent_login(direction: Direction, auth_keys: AuthKeys) -> None:
                                   cwd=d.home, timeout=CLIENT_TIMEOUT, start_new_session=True,
                                   **_identity(d.run_as))  # type: ignore[arg-type]
             _ok(d, proc.returncode, (proc.stdout + proc.stderr).decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_certificate_header_is_ignored_by_the_reference(
+        backend: str, password_servers: Callable[[str], ServerProcess], auth_keys: AuthKeys,
+        login_user: LoginUser, ref_client_bin: Path, tmp_path: Path) -> None:
+    """Our client sends KEY-cert.pub in the JWT header (``ssh3-cert``,
+    docs/certificates.md); the reference server, which does not know certificates,
+    must verify the same token with the plain key of authorized_keys."""
+    import importlib.util
+
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"QUIC backend {backend} is not installed")
+    assert Path(f"{auth_keys.certified}-cert.pub").exists()
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    d = Direction("ours", backend, password_servers("ref"), login_user, ref_client_bin, home,
+                  None)
+    r = run_ours(d, ["-i", str(auth_keys.certified)], {})
+    _ok(d, r.returncode, (r.stdout + r.stderr).decode("utf-8", "replace"))

@@ -29,7 +29,8 @@ def opt_server(request: pytest.FixtureRequest,
     authorized = workdir / "authorized_keys"
     authorized.write_text("")
     # refusals are expected here: no penalty for the test's source
-    server = Server(workdir / "server", request.param, authorized, extra_args=NO_PENALTIES)
+    server = Server(workdir / "server", request.param, authorized,
+                    extra_args=[*NO_PENALTIES, "-subsystem", "upper=tr a-z A-Z"])
     try:
         yield server.start()
     finally:
@@ -163,6 +164,12 @@ def test_forced_command_and_original_command(opt_server, authorize, make_client)
     assert (r.returncode, r.stdout) == (0, b"forced\norig=echo asked for this\n"), r.stderr
     r = client.run(opt_server, None)  # a shell: no original command
     assert (r.returncode, r.stdout) == (0, b"forced\norig=unset\n"), r.stderr
+    # a subsystem: its command line is the original command (as sshd)
+    r = client.run(opt_server, "upper", extra_args=["-s"], input=b"abc\n")
+    assert (r.returncode, r.stdout) == (0, b"forced\norig=tr a-z A-Z\n"), r.stderr
+    authorize(opt_server, "")
+    r = client.run(opt_server, "upper", extra_args=["-s"], input=b"abc\n")
+    assert (r.returncode, r.stdout) == (0, b"ABC\n"), r.stderr
     assert log_has(opt_server, rf"session \d+ of {USER}: forced command replaces exec")
 
 
