@@ -14,6 +14,12 @@ The order is OpenSSH's (sshconnect2.c, pubkey_prepare):
    given, else the existing ones of ``~/.ssh/id_ed25519``, ``id_ecdsa``,
    ``id_rsa`` (none when ``-pubkey-for-agent`` is the explicit choice).
 
+Certificates (docs/certificates.md): a key file with ``FILE-cert.pub`` beside it
+that certifies its key sends that certificate in its token's header; an agent key
+sends the certificate the agent lists for it (``ssh-add`` adds ``FILE-cert.pub``
+with ``FILE``), else the one beside the file it stands for. A server that does not
+know certificates ignores it and checks the plain key.
+
 Everything is lazy: a key file is read, and its passphrase asked, only when
 the identities before it were refused.  The passphrase is asked like OpenSSH's
 read_passphrase(): on ``/dev/tty``, or through ``$SSH_ASKPASS`` when there is no
@@ -357,6 +363,7 @@ def certificate_of_key_file(path: str, public_blob: bytes | None) -> bytes | Non
     if public_blob is not None and certified != public_blob:
         _say(f"{path}-cert.pub certifies another key; not sent")
         return None
+    log.debug("certificate %s-cert.pub goes with %s", path, path)
     return blob
 
 

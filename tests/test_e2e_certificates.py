@@ -221,3 +221,15 @@ def test_certificate_from_the_agent(ca_server, make_client, certified, tmp_path)
                            env=client.env(SSH_AUTH_SOCK=sock), start_new_session=True)
     assert (r.returncode, r.stdout) == (0, b"via-agent\n"), r.stderr
     assert log_has(ca_server, r"auth accepted .*cert id='test-id-1'")
+
+
+def test_certificate_of_another_key_is_not_sent(ca_server, make_client, certified):
+    client = make_client(ca_server.backend, trust=ca_server)
+    key, other = certified(), certified()
+    # key-cert.pub now certifies `other`: the client says so and offers the plain key
+    shutil.copy(f"{other}-cert.pub", f"{key}-cert.pub")
+    ca_server.authorized_keys.write_text(Path(f"{key}.pub").read_text())
+    r = login(client, ca_server, key)
+    assert (r.returncode, r.stdout) == (0, b"in\n"), r.stderr
+    assert b"-cert.pub certifies another key; not sent" in r.stderr
+    assert log_has(ca_server, r"auth accepted .* line=.*authorized_keys:1")
