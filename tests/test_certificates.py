@@ -231,3 +231,27 @@ def test_p521_only_as_a_certificate_authority(tmp_path):
     key, blob = make_cert(tmp_path, tmp_path / "ca521", "-n", "alice")
     result = check(token_for(key, "alice", blob), f"cert-authority {line}\n", set())
     assert result.permissions is not None, result.reason
+
+
+def test_mutated_certificates_are_refused_not_crashing(tmp_path, ca):
+    """Bad input: every corrupted certificate gives a refusal with a reason."""
+    import random
+
+    key, blob = make_cert(tmp_path, ca, "-n", "alice", "-O", "source-address=127.0.0.1/32")
+    private = load_ssh_private_key(key.read_bytes(), None)
+    rng = random.Random(1234)
+    refused = 0
+    for _ in range(300):
+        mutated = bytearray(blob)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            mutated = mutated[:rng.randrange(len(mutated))]
+        token = build_token(private, "alice", CONV,  # type: ignore[arg-type]
+                            certificate=bytes(mutated))
+        result = check(token, "", {ca_blob(ca)})
+        if result.permissions is None:
+            refused += 1
+            assert result.reason
+    # the CA signature covers every byte; a "mutation" may write the same value back
+    assert refused > 290
