@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-oidc-ca-file", default=None, metavar="FILE",
                    help="CA bundle to trust when fetching OIDC discovery documents and "
                         "JWKS (default: the system's, or $SSL_CERT_FILE)")
+    p.add_argument("-trusted-user-ca-keys", default=None, metavar="FILE",
+                   help="OpenSSH CA public keys (one a line) whose user certificates are "
+                        "accepted for any user they name as principal, like sshd's "
+                        "TrustedUserCAKeys (docs/certificates.md)")
+    p.add_argument("-permit-user-environment", action="store_true",
+                   help="honour environment=\"NAME=value\" options in authorized_keys, like "
+                        "sshd's PermitUserEnvironment (off by default)")
     p.add_argument("-enable-password-login", action="store_true",
                    help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
                         "off by default")
@@ -115,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 2
     url_path = args.url_path if args.url_path.startswith("/") else "/" + args.url_path
+    if args.trusted_user_ca_keys is not None:
+        from ssh3.auth.certificates import check_trusted_ca_file
+
+        if not check_trusted_ca_file(args.trusted_user_ca_keys):
+            return 1
     if args.generate_selfsigned_cert:
         from ssh3.certs import generate_self_signed
 
@@ -175,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
                           allow_udp_forwarding=not args.disable_udp_forwarding,
                           allow_agent_forwarding=not args.disable_agent_forwarding,
-                          subsystems=subsystems)
+                          subsystems=subsystems,
+                          permit_user_environment=args.permit_user_environment,
+                          trusted_user_ca_keys=args.trusted_user_ca_keys)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(config))

@@ -60,6 +60,10 @@ class ServerConfig:
     allow_udp_forwarding: bool = True
     # -disable-agent-forwarding: `forward-agent` is ignored (with a log line)
     allow_agent_forwarding: bool = True
+    # -permit-user-environment: honour authorized_keys environment= (sshd's
+    # PermitUserEnvironment); -trusted-user-ca-keys FILE (sshd's TrustedUserCAKeys)
+    permit_user_environment: bool = False
+    trusted_user_ca_keys: str | None = None
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
 
@@ -88,7 +92,9 @@ class SSH3Server(ProtocolHandler):
         self.authenticator = Authenticator(
             AuthSettings(enable_password_login=config.enable_password_login,
                          authorized_keys_files=config.authorized_keys_files,
-                         oidc_ca_file=config.oidc_ca_file),
+                         oidc_ca_file=config.oidc_ca_file,
+                         permit_user_environment=config.permit_user_environment,
+                         trusted_user_ca_keys=config.trusted_user_ca_keys),
             self.penalties, self.base_permissions(), self._running_as_root, self._own_user)
 
     def base_permissions(self) -> Permissions:
@@ -288,8 +294,9 @@ class SSH3Server(ProtocolHandler):
             await serve_forward_channel(
                 conv, channel,
                 ForwardContext(ctx.user.name, ctx.peer, lambda: ctx.peer_extensions != 0),
-                ForwardingPolicy(allow_tcp=ctx.permissions.allow_tcp_forwarding,
-                                 allow_udp=ctx.permissions.allow_udp_forwarding))
+                ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
+                                 allow_udp=self.config.allow_udp_forwarding,
+                                 permissions=ctx.permissions))
             return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)
