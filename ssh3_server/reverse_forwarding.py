@@ -191,6 +191,7 @@ async def serve_listen_channel(conv: Conversation, channel: Channel,
                  channel.channel_id)
         ended = await _wait_end(channel)
         log.info("remote forward on port %d for %s ended: %s", bound, ctx.user, ended)
+        listener.close()  # before the FIN: once the client sees it, the port is closed
         send_fin(channel)
     except ChannelClosed:
         pass
