@@ -259,3 +259,25 @@ def test_parse_remote_forward(text: str, bind: str, port: int, host: str,
     spec = parse_remote_forward(text)
     assert (spec.bind, spec.port, spec.target_host, spec.target_port) == \
         (bind, port, host, hport)
+
+
+def test_remote_forward_from_ssh_config(tmp_path: Path) -> None:
+    """`RemoteForward [bind:]port host:hostport` in the config adds to -R (OpenSSH);
+    ClearAllForwardings=yes drops them all, those of the command line too."""
+    from ssh3_client.cli import parse_args
+    from ssh3_client.config import ConfigError, apply_to_args
+
+    config = tmp_path / "config"
+    config.write_text("Host h\n  RemoteForward 0 127.0.0.1:80\n"
+                      "  RemoteForward *:8080 [::1]:22\n"
+                      "Host bad\n  RemoteForward 8080\n"
+                      "Host clear\n  RemoteForward 1 h:2\n  ClearAllForwardings yes\n")
+    args = parse_args(["-F", str(config), "-R", "9:x:10", "h"])
+    apply_to_args(args)
+    assert [(s.bind, s.port, s.target_host, s.target_port) for s in args.remote_forwards] == \
+        [("localhost", 9, "x", 10), ("localhost", 0, "127.0.0.1", 80), ("*", 8080, "::1", 22)]
+    with pytest.raises(ConfigError, match="RemoteForward"):
+        apply_to_args(parse_args(["-F", str(config), "bad"]))
+    args = parse_args(["-F", str(config), "-R", "9:x:10", "clear"])
+    apply_to_args(args)
+    assert args.remote_forwards == []
