@@ -72,14 +72,18 @@ def _allocated(fc: ForwardingClient) -> int:
     return int(match.group(1))
 
 
-def _hashed_exchange(port: int, payload: bytes) -> bytes:
+def _hashed_exchange(port: int, payload: bytes, why: Callable[[], str]) -> bytes:
     """Send `payload`, half-close, and read the sink's answer to EOF."""
-    with socket.create_connection((HOST, port), timeout=60) as sock:
+    with socket.create_connection((HOST, port), timeout=30) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         answer = b""
-        while data := sock.recv(65536):
-            answer += data
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except TimeoutError:
+            raise AssertionError(f"no EOF after {len(answer)} bytes from {sock.getsockname()}"
+                                 f"\n{why()}") from None
     return answer
 
 
@@ -141,12 +145,15 @@ def test_half_close_both_ways(
         fc = reverse_client(client, server, ["-R", f"0:{HOST}:{sink_port}"])
         port = _allocated(fc)
         payload = pattern(1 << 20)
-        answer = _hashed_exchange(port, payload)
+        def why() -> str:
+            return f"client:\n{fc.stderr()}\nserver:\n{server.log()}"
+
+        answer = _hashed_exchange(port, payload, why)
         assert answer[:200_000] == pattern(200_000)
         assert answer[200_000:] == \
             f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode()
         # an empty upload: EOF right away still gets the answer
-        assert _hashed_exchange(port, b"")[200_000:] == \
+        assert _hashed_exchange(port, b"", why)[200_000:] == \
             f"0 {hashlib.sha256(b'').hexdigest()}\n".encode()
         assert fc.stop() == 0
 
