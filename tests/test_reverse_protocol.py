@@ -238,3 +238,24 @@ def test_client_resets_unknown_listener(tmp_path: Path, authorized_keys: Path,
 
     with sink_server() as sink_port:
         run_async(scenario(sink_port), timeout=60)
+
+
+def test_listen_policy() -> None:
+    """What the server refuses before binding (served end to end in
+    test_e2e_reverse for -disable-remote-forwarding): privileged ports for users other
+    than root, and what a key's permitlisten= does not allow."""
+    from ssh3_server.permissions import Permissions
+    from ssh3_server.reverse_forwarding import ReverseContext, _policy_refusal
+
+    user = ReverseContext("alice", 1000, "192.0.2.1 5000")
+    assert _policy_refusal("localhost", 8080, user) is None
+    assert _policy_refusal("localhost", 0, user) is None
+    assert "privileged" in (_policy_refusal("localhost", 80, user) or "")
+    assert _policy_refusal("localhost", 80, ReverseContext("root", 0, "192.0.2.1 5000")) is None
+    off = ReverseContext("alice", 1000, "p", Permissions(allow_remote_forwarding=False))
+    assert "disabled" in (_policy_refusal("localhost", 8080, off) or "")
+    keyed = ReverseContext("alice", 1000, "p",
+                           Permissions(permit_listen=(("localhost", 8080),)))
+    assert _policy_refusal("localhost", 8080, keyed) is None
+    assert "not permitted" in (_policy_refusal("localhost", 8081, keyed) or "")
+    assert "not permitted" in (_policy_refusal("*", 8080, keyed) or "")
