@@ -43,6 +43,11 @@ flags:
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
   -forward-udp LPORT/IP@PORT  forward local UDP port LPORT to IP:PORT; repeatable
+  -R [BIND:]PORT:HOST:HOSTPORT  remote forwarding: the server listens on PORT
+                       (loopback unless BIND is given and the server allows it; 0 picks
+                       a port, printed as "Allocated port N ...") and each connection
+                       is relayed to HOST:HOSTPORT from here; ssh3-py servers only;
+                       repeatable (-o ExitOnForwardFailure=yes: exit if refused)
   -D [BIND:]PORT       dynamic forwarding: a SOCKS4/4a/5 server on PORT (127.0.0.1
                        unless BIND is given); names are resolved on the server when
                        it supports that (ssh3-py servers), else here; repeatable
@@ -69,7 +74,8 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
                 "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward",
-                "-use-oidc": "use_oidc", "-oidc-config": "oidc_config"}
+                "-use-oidc": "use_oidc", "-oidc-config": "oidc_config",
+                "-R": "remote_forward"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
                "-N": "no_command", "-use-password": "use_password",
@@ -86,13 +92,12 @@ _IGNORED_VALUE = {"-c", "-m", "-E", "-S", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
-_UNSUPPORTED = {"-R": "remote forwarding (-R)",
-                "-J": "jump hosts (-J)",
+_UNSUPPORTED = {"-J": "jump hosts (-J)",
                 "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-J", "-O", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -127,6 +132,8 @@ class Args:
     target_host: str = ""
     forward_agent: bool = False
     dynamic: list = field(default_factory=list)  # ssh3_client.socks.SocksSpec (-D)
+    # ssh3_client.reverse_forwarding.RemoteForwardSpec (-R, RemoteForward)
+    remote_forwards: list = field(default_factory=list)
     config_file: str | None = None  # -F
     hostname: str | None = None  # HostName from the config: the alias's real name
     null_stdin: bool = False  # -n
@@ -222,6 +229,14 @@ def _set_value(args: Args, key: str, value: str) -> None:
                                  else parse_reference_spec(value, key[-3:]))  # type: ignore[arg-type]
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
+    elif key == "remote_forward":
+        from .forwarding import ForwardError
+        from .reverse_forwarding import parse_remote_forward
+
+        try:
+            args.remote_forwards.append(parse_remote_forward(value))
+        except ForwardError as exc:
+            raise UsageError(str(exc)) from None
     elif key == "dynamic":
         from .forwarding import ForwardError
         from .socks import parse_dynamic_forward
@@ -301,6 +316,7 @@ async def _run(args: Args, target: Target) -> int:
     from .identities import load_identities
     from .keepalive import KeepaliveError, run_with_keepalive
     from .keepalive import settings as keepalive_settings
+    from .reverse_forwarding import RemoteForwarding
     from .session import SessionRequest, run_session
     from .socks import DynamicForwarding
     from .stdio_forward import stdio_forward
@@ -345,8 +361,12 @@ async def _run(args: Args, target: Target) -> int:
                     # OpenSSH's -W implies ClearAllForwardings: no -L/-D listeners
                     return await stdio_forward(conv, args.stdio_forward, stdin_fd=stdin_fd)
                 # listeners are up before the session starts, and close when it ends
+                exit_on_failure = args.options.get("exitonforwardfailure", "").lower() \
+                    in ("yes", "true", "on")
                 async with Forwarding(conv, args.forwards) as forwarding, \
-                        DynamicForwarding(conv, args.dynamic) as dynamic:
+                        DynamicForwarding(conv, args.dynamic) as dynamic, \
+                        RemoteForwarding(conv, args.remote_forwards,
+                                         exit_on_failure=exit_on_failure):
                     if args.no_command:
                         return await forward_until_stopped(conv)
                     return await run_session(conv, request, stdin_fd=stdin_fd,

@@ -15,7 +15,11 @@ from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.backends import Backend, get_backend
 from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
-from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
+from ssh3.messages import (
+    REVERSE_LISTEN_CHANNEL_TYPE,
+    ChannelOpenConfirmation,
+    ChannelOpenFailure,
+)
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
 from .authenticate import Authenticator, AuthSettings
@@ -29,6 +33,7 @@ from .forwarding import (
 from .hooks import LoginAttempt, ServerHooks, SessionInfo, authenticate, call, forward_permitted
 from .penalties import PenaltyBox, PenaltyPolicy
 from .permissions import Permissions
+from .reverse_forwarding import ReverseContext, serve_listen_channel
 from .sessions import Session, SessionContext, default_subsystems
 
 log = logging.getLogger("ssh3.server")
@@ -64,6 +69,9 @@ class ServerConfig:
     # PermitUserEnvironment); -trusted-user-ca-keys FILE (sshd's TrustedUserCAKeys)
     permit_user_environment: bool = False
     trusted_user_ca_keys: str | None = None
+    # -disable-remote-forwarding refuses -R; -gateway-ports lets -R bind non-loopback
+    allow_remote_forwarding: bool = True
+    gateway_ports: bool = False
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
 
@@ -101,7 +109,8 @@ class SSH3Server(ProtocolHandler):
         """What the server's flags allow every login."""
         return Permissions(allow_agent_forwarding=self.config.allow_agent_forwarding,
                            allow_tcp_forwarding=self.config.allow_tcp_forwarding,
-                           allow_udp_forwarding=self.config.allow_udp_forwarding)
+                           allow_udp_forwarding=self.config.allow_udp_forwarding,
+                           allow_remote_forwarding=self.config.allow_remote_forwarding)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -297,6 +306,11 @@ class SSH3Server(ProtocolHandler):
                 ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
                                  allow_udp=self.config.allow_udp_forwarding,
                                  permissions=ctx.permissions))
+            return
+        if channel.channel_type == REVERSE_LISTEN_CHANNEL_TYPE:
+            await serve_listen_channel(conv, channel, ReverseContext(
+                ctx.user.name, ctx.user.uid, ctx.peer, ctx.permissions,
+                self.config.gateway_ports))
             return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)
