@@ -279,9 +279,11 @@ async def _run(args: Args, target: Target) -> int:
         open_connection,
         wait_settings,
     )
+    from ssh3.aio.conversation import Conversation
     from ssh3.known_hosts import canonical_host, default_path
 
     from .agent_forwarding import AgentChannels, agent_socket
+    from .early_session import EarlySession, plain_session
     from .escape import parse_escape_char
     from .forwarding import ForwardError, Forwarding, forward_until_stopped
     from .hostkeys import HostKeyVerifier
@@ -322,9 +324,15 @@ async def _run(args: Args, target: Target) -> int:
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
         async with open_connection(params) as protocol:
-            conv = await establish(protocol, params)
             # server-opened channels: agent connections with -A, reset otherwise
-            AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+            def agent_channels(conv: Conversation) -> None:
+                AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+
+            early = EarlySession(request, stdin_fd, agent_channels) if plain_session(
+                args.no_command, args.stdio_forward, args.forwards, args.dynamic) else None
+            conv = await establish(protocol, params, early=early.open if early else None)
+            if early is None or not early.used_on(conv):
+                agent_channels(conv)
             await wait_settings(protocol)
 
             async def work() -> int:
@@ -337,7 +345,8 @@ async def _run(args: Args, target: Target) -> int:
                     if args.no_command:
                         return await forward_until_stopped(conv)
                     return await run_session(conv, request, stdin_fd=stdin_fd,
-                                             forwarding=forwarding, dynamic=dynamic)
+                                             forwarding=forwarding, dynamic=dynamic,
+                                             channel=early.channel_for(conv) if early else None)
 
             # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
             return await run_with_keepalive(protocol, work(), args.options, target.host)

@@ -70,6 +70,8 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
+    early_channels = True  # EXT_EARLY_CHANNELS: hold channels sent before the 200
+
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.backend: Backend = get_backend(config.backend)
@@ -158,6 +160,7 @@ class SSH3Server(ProtocolHandler):
                 or pseudo.get(b":protocol") != b"ssh3":
             self._respond_not_found(protocol, event)
             return
+        protocol.expect_early_channels(event.stream_id)
         self._spawn(self._handle_connect(protocol, event, target, regular))
 
     def _path_matches(self, path: str) -> bool:
@@ -200,6 +203,14 @@ class SSH3Server(ProtocolHandler):
 
     async def _handle_connect(self, protocol: SSH3Protocol, event: RequestReceived,
                               target: str, headers: dict[bytes, bytes]) -> None:
+        try:
+            await self._connect(protocol, event, target, headers)
+        finally:
+            # not released to a conversation: nothing of the early channels runs
+            protocol.discard_early_channels(event.stream_id, "the CONNECT was refused")
+
+    async def _connect(self, protocol: SSH3Protocol, event: RequestReceived,
+                       target: str, headers: dict[bytes, bytes]) -> None:
         peer = protocol._peer_text()
         agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
         try:
@@ -264,6 +275,7 @@ class SSH3Server(ProtocolHandler):
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
         self._respond(protocol, event, 200, end=False)
         log.info("conversation %d for %s from %s started", event.stream_id, user.name, peer)
+        protocol.release_early_channels(conv)
         conv.add_end_callback(
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))

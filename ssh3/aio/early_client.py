@@ -1,0 +1,42 @@
+"""Client side of EXT_EARLY_CHANNELS: channels sent right behind the CONNECT.
+
+Only towards a server that announced the extension in its SETTINGS, which it sends
+in its first flight (0.5-RTT data), so they are normally here by the time the
+handshake completes; `SETTINGS_WAIT` bounds the wait when they are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..connection import H3_REQUEST_INCOMPLETE
+from .conversation import Conversation
+
+if TYPE_CHECKING:
+    from .protocol import SSH3Protocol
+
+EarlyOpener = Callable[[Conversation], None]
+SETTINGS_WAIT = 0.25
+
+
+def open_early(protocol: SSH3Protocol, control_stream_id: int,
+               early: EarlyOpener) -> Conversation:
+    """The conversation of the CONNECT just sent on `control_stream_id`, with the
+    channels `early` opens on it, all in the CONNECT's flight."""
+    conv = Conversation(protocol, control_stream_id)
+    early(conv)
+    protocol.transmit_soon()
+    return conv
+
+
+def drop_early(conv: Conversation, reason: str) -> None:
+    """The CONNECT was refused: reset the channels opened on its conversation (the
+    server has reset them already, unread) and end it."""
+    protocol = conv.protocol
+    for channel in [ch for ch in protocol.channels.values()
+                    if ch.control_stream_id == conv.control_stream_id]:
+        if channel.error is None:
+            channel.reset(H3_REQUEST_INCOMPLETE)
+        protocol.forget_channel(channel.channel_id)
+    conv._ended(reason)
