@@ -214,18 +214,19 @@ class SSH3ProtocolMixin:
 
     def _hold_channel(self, channel_id: int, header: ChannelHeader) -> bool:
         """EXT_EARLY_CHANNELS: keep a channel whose CONNECT is being authenticated
-        (or has not arrived yet) until the server's answer; False: reset it."""
+        (or has not arrived yet) until the server's answer, or reset it past the caps;
+        False: no CONNECT is pending for it (the caller resets it as unknown)."""
         control = header.control_stream_id
         unannounced = (control % 4 == 0 and control < channel_id
                        and not self.connection.knows_stream(control))
         channel = Channel(self, channel_id, header, local=False)  # type: ignore[arg-type]
         held, reason = self.early.admit(control, channel_id, channel, unannounced)
-        if not held:
-            if reason:
-                log.info("channel %d for conversation %d from %s: %s; reset", channel_id,
-                         control, self._peer_text(), reason)
-            return False
+        if not held and not reason:
+            return False  # nothing names this control stream: the usual reset
         self.channels[channel_id] = channel
+        if not held:
+            self._reset_held(channel, reason)
+            return True
         log.info("channel %d held until conversation %d is authenticated", channel_id,
                  control)
         return True
