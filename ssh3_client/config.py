@@ -333,7 +333,7 @@ def apply_to_args(args: Any) -> Resolved:
             args.options[key] = values[0]
     if _yes(resolved.get("clearallforwardings")):
         args.forwards.clear()  # like OpenSSH, also those of the command line (scp sets it)
-    else:
+    elif resolved.get_all("localforward"):
         from .forwarding import ForwardError, parse_local_forward
 
         for value in resolved.get_all("localforward"):

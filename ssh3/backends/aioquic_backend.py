@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import aioquic.asyncio
-import aioquic.h3.connection
-import aioquic.h3.events
-import aioquic.quic.configuration
-import aioquic.quic.events
-import aioquic.tls
-from cryptography.hazmat.primitives.serialization import Encoding
+from .lazy import defer_import
 
-from .. import exporter
-from .base import Backend
+defer_import("service_identity")  # before aioquic.tls imports it
+
+import aioquic.asyncio  # noqa: E402
+import aioquic.h3.connection  # noqa: E402
+import aioquic.h3.events  # noqa: E402
+import aioquic.quic.configuration  # noqa: E402
+import aioquic.quic.events  # noqa: E402
+import aioquic.tls  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+
+from .. import exporter  # noqa: E402
+from .base import Backend  # noqa: E402
 
 
 def _send_buffer_size(quic: Any, stream_id: int) -> int:
