@@ -3,8 +3,11 @@ order after the 200, or dropped on a refusal or past the caps."""
 
 from __future__ import annotations
 
+import pytest
+from e2e_helpers import BACKENDS
+
 from ssh3.aio.early import EarlyChannels
-from ssh3.connection import EXT_EARLY_CHANNELS, OUR_EXTENSIONS
+from ssh3.connection import EXT_EARLY_CHANNELS, OUR_EXTENSIONS, HandshakeCompleted
 
 
 def test_bit_is_ours_and_only_announced_by_a_server():
@@ -97,3 +100,25 @@ def test_discard_all_on_connection_loss():
     early.admit(8, 12, "b", unannounced_ok=True)
     assert sorted(early.discard_all()) == ["a", "b"]
     assert len(early) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_settings_come_with_its_first_flight(tmp_path, backend):
+    """The client must know EXT_EARLY_CHANNELS when its handshake completes, before
+    it sends the CONNECT: the server's SETTINGS travel with the server's first flight
+    (0.5-RTT data), not a round trip later. Flights are counted, not timed."""
+    from quic_pair import Pair
+
+    from ssh3.connection import SettingsReceived
+
+    p = Pair(tmp_path, backend, server_extensions=OUR_EXTENSIONS | EXT_EARLY_CHANNELS)
+    p._transfer(p.client, p.server)  # the client's first flight (Initial)
+    p.server.drain()
+    # what the protocol does in transmit() on the server before the handshake is done
+    p.server.backend.release_early_streams(p.server.quic)
+    p._transfer(p.server, p.client)  # the server's first flight
+    p.client.drain()
+    assert p.client.of(HandshakeCompleted), "handshake did not complete in one round trip"
+    assert p.client.of(SettingsReceived) == [
+        SettingsReceived(OUR_EXTENSIONS | EXT_EARLY_CHANNELS)]
+    assert p.client.conn.peer_extensions & EXT_EARLY_CHANNELS

@@ -1,8 +1,11 @@
 """Client side of EXT_EARLY_CHANNELS: channels sent right behind the CONNECT.
 
-Only towards a server that announced the extension in its SETTINGS, which it sends
-in its first flight (0.5-RTT data), so they are normally here by the time the
-handshake completes; `SETTINGS_WAIT` bounds the wait when they are not.
+Only towards a server that announced the extension in its SETTINGS. Our server
+sends them in its first flight (0.5-RTT data; see `release_early_streams` in the
+aioquic adapter), so they are here by the time the handshake completes, or a few
+milliseconds later when that flight spans several datagrams. `SETTINGS_WAIT`
+bounds the wait: a server that sends its SETTINGS later (a round trip later) is
+not worth waiting for, and gets the usual 3-RTT flow.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ if TYPE_CHECKING:
     from .protocol import SSH3Protocol
 
 EarlyOpener = Callable[[Conversation], None]
-SETTINGS_WAIT = 0.25
+SETTINGS_WAIT = 0.02
 
 
 def open_early(protocol: SSH3Protocol, control_stream_id: int,

@@ -103,6 +103,9 @@ class SSH3ProtocolMixin:
         super().datagrams_received(data, addr)  # type: ignore[misc]
 
     def transmit(self) -> None:
+        if self._hold_early and not self.handshake_done.is_set():
+            # our SETTINGS (EXT_EARLY_CHANNELS) in the first flight, before the CONNECT
+            self.backend.release_early_streams(self._quic)
         # every receive, timer and send ends here: the moment send buffers shrink
         super().transmit()  # type: ignore[misc]
         self._wake_writers()
