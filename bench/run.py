@@ -37,7 +37,7 @@ from typing import Any
 from harness import BENCH_DIR, BenchError, Lab, System, fmt_range, ratio, render_table, summary
 from latency import bench_setup, echo_latency
 from scale import bench_scale
-from tcp_delay import remove_tagged_rules
+from tcp_delay import RULE_TAG, remove_tagged_rules
 from throughput import bench_throughput
 
 BENCHES = ("setup", "throughput", "scale", "interactive")
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         # the servers' logs explain failures after the fact; the temp dir goes away
         lab.close(keep_logs=out.with_suffix(".logs"))
-        remove_tagged_rules()
+        remove_tagged_rules(f"{RULE_TAG}{os.getpid()}-")  # only our delays' rules
         results["seconds"] = time.time() - started
         results["tables"] = tables
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")
