@@ -168,3 +168,48 @@ def test_byte_cap_resets_the_held_channels(tmp_path, backend):
             server.close()
 
     run_async(scenario(), timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "qh3"])
+def test_version_retry_sends_the_early_channel_again(tmp_path, backend):
+    """403 with an older server version: the client drops the first early channel
+    (the server drops it too, unread), retries with that version, and opens a fresh
+    channel behind the new CONNECT, which the server gets after its 200."""
+    from ssh3.aio.client import Identity, establish
+
+    async def scenario():
+        server, handler, params = await _serve(tmp_path, backend)
+        params.identities = [Identity("test", lambda user, conv_id: "Bearer x")]
+        try:
+            async with open_connection(params) as proto:
+                opened = []
+
+                def early(conv):
+                    ch = conv.open_channel("session")
+                    ch.send(ExecRequest(f"run {len(opened)}".encode()))
+                    opened.append(ch)
+
+                task = asyncio.ensure_future(establish(proto, params, early=early))
+                sproto, first = await asyncio.wait_for(handler.requests.get(), 10)
+                while not len(sproto.early):  # the channel follows the CONNECT
+                    await asyncio.sleep(0.01)
+                sproto.connection.send_headers(first.stream_id, [
+                    (b":status", b"403"), (b"server", b"SSH 3.0 francoismichel/ssh3 0.1.5")],
+                    end_stream=True)
+                sproto.discard_early_channels(first.stream_id, "version refused")
+                sproto.transmit_soon()
+                sproto2, second = await asyncio.wait_for(handler.requests.get(), 10)
+                assert dict(second.headers)[b"user-agent"].startswith(
+                    b"SSH 3.0 francoismichel/ssh3 0.1.5")
+                while not len(sproto.early):
+                    await asyncio.sleep(0.01)
+                got = handler.accept(sproto2, second)
+                conv = await asyncio.wait_for(task, 10)
+                assert conv.control_stream_id == second.stream_id
+                assert len(opened) == 2 and opened[0].error is not None
+                assert [ch.channel_id for ch in got] == [opened[1].channel_id]
+                assert await asyncio.wait_for(got[0].read(), 5) == ExecRequest(b"run 1")
+        finally:
+            server.close()
+
+    run_async(scenario(), timeout=60)
