@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+# imports cost start-up time on every run: what only some runs need (asyncio and
+# the QUIC stack, forwarding, SOCKS, -W) is imported where it is used
 import contextlib
 import getpass
 import logging
@@ -307,19 +308,19 @@ async def _run(args: Args, target: Target) -> int:
         open_connection,
         wait_settings,
     )
+    from ssh3.aio.conversation import Conversation
     from ssh3.known_hosts import canonical_host, default_path
 
     from .agent_forwarding import AgentChannels, agent_socket
+    from .early_session import EarlySession, plain_session
     from .escape import parse_escape_char
-    from .forwarding import ForwardError, Forwarding, forward_until_stopped
+    from .forwarding import ForwardError
     from .hostkeys import HostKeyVerifier
     from .identities import load_identities
     from .keepalive import KeepaliveError, run_with_keepalive
     from .keepalive import settings as keepalive_settings
     from .reverse_forwarding import RemoteForwarding
     from .session import SessionRequest, run_session
-    from .socks import DynamicForwarding
-    from .stdio_forward import stdio_forward
 
     args.target_host = target.host
     identities = await load_identities(args)
@@ -351,13 +352,29 @@ async def _run(args: Args, target: Target) -> int:
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
         async with open_connection(params) as protocol:
-            conv = await establish(protocol, params)
             # server-opened channels: agent connections with -A, reset otherwise
-            AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+            def agent_channels(conv: Conversation) -> None:
+                AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+
+            early = EarlySession(request, stdin_fd, agent_channels) if plain_session(
+                args.no_command, args.stdio_forward, [*args.forwards, *args.remote_forwards],
+                args.dynamic) else None
+            conv = await establish(protocol, params, early=early.open if early else None)
+            if early is None or not early.used_on(conv):
+                agent_channels(conv)
             await wait_settings(protocol)
 
             async def work() -> int:
+                channel = early.channel_for(conv) if early is not None else None
+                if channel is not None and not (request.pty and os.isatty(stdin_fd)):
+                    # no listeners, and no ~C to add any (escapes need a terminal)
+                    return await run_session(conv, request, stdin_fd=stdin_fd, channel=channel)
+                from .forwarding import Forwarding, forward_until_stopped
+                from .socks import DynamicForwarding
+
                 if args.stdio_forward is not None:
+                    from .stdio_forward import stdio_forward
+
                     # OpenSSH's -W implies ClearAllForwardings: no -L/-D listeners
                     return await stdio_forward(conv, args.stdio_forward, stdin_fd=stdin_fd)
                 # listeners are up before the session starts, and close when it ends
@@ -370,7 +387,8 @@ async def _run(args: Args, target: Target) -> int:
                     if args.no_command:
                         return await forward_until_stopped(conv)
                     return await run_session(conv, request, stdin_fd=stdin_fd,
-                                             forwarding=forwarding, dynamic=dynamic)
+                                             forwarding=forwarding, dynamic=dynamic,
+                                             channel=channel)
 
             # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
             return await run_with_keepalive(protocol, work(), args.options, target.host)
@@ -386,6 +404,7 @@ async def _run_until_hangup(args: Args, target: Target) -> int:
     """SIGHUP (the terminal went away) or SIGTERM end the run through the normal
     cleanup, so the server hears CONNECTION_CLOSE at once and hangs up the session
     instead of waiting for its idle timeout; exit 255 as OpenSSH does."""
+    import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
@@ -460,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
+    import asyncio
+
     try:
         code = asyncio.run(_run_until_hangup(args, target))
     except KeyboardInterrupt:

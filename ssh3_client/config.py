@@ -334,7 +334,7 @@ def apply_to_args(args: Any) -> Resolved:
     if _yes(resolved.get("clearallforwardings")):
         args.forwards.clear()  # like OpenSSH, also those of the command line (scp sets it)
         args.remote_forwards.clear()
-    else:
+    elif resolved.get_all("localforward") or resolved.get_all("remoteforward"):
         from .forwarding import ForwardError, parse_local_forward
         from .reverse_forwarding import parse_config_remote_forward
 

@@ -84,6 +84,8 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
+    early_channels = True  # EXT_EARLY_CHANNELS: hold channels sent before the 200
+
     def __init__(self, config: ServerConfig, hooks: ServerHooks | None = None) -> None:
         self.config = config
         self.hooks = hooks or ServerHooks()  # defaults: today's behaviour
@@ -177,6 +179,7 @@ class SSH3Server(ProtocolHandler):
                 or pseudo.get(b":protocol") != b"ssh3":
             self._respond_not_found(protocol, event)
             return
+        protocol.expect_early_channels(event.stream_id)
         self._spawn(self._handle_connect(protocol, event, target, regular))
 
     def _path_matches(self, path: str) -> bool:
@@ -219,6 +222,14 @@ class SSH3Server(ProtocolHandler):
 
     async def _handle_connect(self, protocol: SSH3Protocol, event: RequestReceived,
                               target: str, headers: dict[bytes, bytes]) -> None:
+        try:
+            await self._connect(protocol, event, target, headers)
+        finally:
+            # not released to a conversation: nothing of the early channels runs
+            protocol.discard_early_channels(event.stream_id, "the CONNECT was refused")
+
+    async def _connect(self, protocol: SSH3Protocol, event: RequestReceived,
+                       target: str, headers: dict[bytes, bytes]) -> None:
         peer = protocol._peer_text()
         agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
         try:
@@ -286,6 +297,7 @@ class SSH3Server(ProtocolHandler):
         info = SessionInfo(user.name, ctx.peer, ctx.local, event.stream_id, login.method,
                            login.fingerprint)
         call(self.hooks.session_started, info)
+        protocol.release_early_channels(conv)
         conv.add_end_callback(
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))
