@@ -233,11 +233,6 @@ class SSH3Connection:
     def is_channel(self, stream_id: int) -> bool:
         return stream_id in self._channels
 
-    def knows_stream(self, stream_id: int) -> bool:
-        """Has anything arrived (or been sent) on this stream yet?"""
-        return stream_id in self._h3_streams or stream_id in self._channels \
-            or stream_id in self._pending
-
     def channel_header(self, channel_id: int) -> ChannelHeader | None:
         state = self._channels.get(channel_id)
         return state.header if state else None

@@ -75,6 +75,8 @@ class SSH3ProtocolMixin:
         self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client,
                                            extensions=extensions)
         self.early: EarlyChannels[Channel] = EarlyChannels()
+        # request streams whose HEADERS were complete (server with early channels)
+        self._requests_seen: set[int] = set()
         self.backend.install_receive_window(self._quic, RECEIVE_WINDOW)
         self.conversations: dict[int, Conversation] = {}
         self.channels: dict[int, Channel] = {}
@@ -179,6 +181,8 @@ class SSH3ProtocolMixin:
             if conv is not None:
                 conv._datagram_received(ev.channel_id, ev.payload)
         elif isinstance(ev, c.RequestReceived):
+            if self._hold_early:
+                self._requests_seen.add(ev.stream_id)
             self.handler.request_received(self, ev)  # type: ignore[arg-type]
             if not self.early.is_expected(ev.stream_id):
                 # channels that named this stream before it arrived: no CONNECT after all
@@ -220,8 +224,10 @@ class SSH3ProtocolMixin:
         (or has not arrived yet) until the server's answer, or reset it past the caps;
         False: no CONNECT is pending for it (the caller resets it as unknown)."""
         control = header.control_stream_id
+        # "not seen" means no complete request yet: a CONNECT whose HEADERS span
+        # several packets (a JWT carrying a certificate) has bytes but no request
         unannounced = (control % 4 == 0 and control < channel_id
-                       and not self.connection.knows_stream(control))
+                       and control not in self._requests_seen)
         channel = Channel(self, channel_id, header, local=False)  # type: ignore[arg-type]
         held, reason = self.early.admit(control, channel_id, channel, unannounced)
         if not held and not reason:
