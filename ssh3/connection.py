@@ -40,7 +40,9 @@ EXT_WINDOW_CHANGE = 0x2  # window-change is understood
 EXT_EXIT_SIGNAL = 0x4  # exit-signal is understood and sent
 # `direct-tcp-name@ssh3-py` channels are accepted: the server resolves the target name
 EXT_TCP_BY_NAME = 0x8
-OUR_EXTENSIONS = EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME
+EXT_ENV = 0x20  # the `env` channel request is understood (docs/extensions.md)
+OUR_EXTENSIONS = EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME \
+    | EXT_ENV
 
 # H3 error codes used by the reference (PROTOCOL.md §6.6)
 H3_NO_ERROR = 0x100

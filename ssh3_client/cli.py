@@ -123,6 +123,8 @@ class Args:
     stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
     warnings: list[str] = field(default_factory=list)
+    send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
+    set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -309,10 +311,17 @@ async def _run(args: Args, target: Target) -> int:
     if args.subsystem and command is None:
         print("ssh3: -s needs a subsystem name", file=sys.stderr)
         return 255
+    from .environment import EnvError, collect
+
+    try:
+        env = collect(args.send_env, args.set_env)
+    except EnvError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""),
                              forward_agent=args.forward_agent, subsystem=args.subsystem,
                              escape_char=parse_escape_char(args.escape_char),
-                             host=target.host, quiet=args.quiet)
+                             host=target.host, quiet=args.quiet, env=env)
     try:
         keepalive_settings(args.options)  # bad values fail before connecting
     except KeepaliveError as exc:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import fnmatch
 import getpass
 import glob
+import hashlib
 import logging
 import os
 import shlex
@@ -52,6 +53,8 @@ MAX_INCLUDE_DEPTH = 16  # readconf.c's READCONF_MAX_DEPTH
 MULTI_VALUED = frozenset({"identityfile", "certificatefile", "localforward", "sendenv",
                           "remoteforward", "dynamicforward", "setenv"})
 JOINED = frozenset({"localforward", "remoteforward", "sendenv", "setenv"})
+# lists whose words are separate entries (quotes keep a value with spaces whole)
+TOKEN_LISTS = frozenset({"sendenv", "setenv"})
 PATH_OPTIONS = frozenset({"identityfile", "userknownhostsfile", "identityagent",
                           "certificatefile", "controlpath"})
 
@@ -154,8 +157,11 @@ class _Reader:
                 continue
             elif key == "include":
                 self._include(values, base_dir, depth, path, lineno)
+            elif values and key in TOKEN_LISTS:
+                for value in values:  # SetEnv FOO="a b" BAR=c: one entry per word
+                    self.resolved.add(key, value)
             elif values:
-                # forwards and env lists take several words; the rest one value
+                # forwards take several words; the rest one value
                 value = " ".join(values) if key in JOINED else values[0]
                 self.resolved.add(key, value)
 
@@ -252,7 +258,15 @@ def resolve(host: str, *, config_file: str | None = None,
     local_user = local_user or getpass.getuser()
     resolved = Resolved()
     for key, value in (options or {}).items():
-        resolved.add(key, value)
+        if key in TOKEN_LISTS:
+            try:
+                words = shlex.split(value)
+            except ValueError as exc:
+                raise ConfigError(f"bad quoting in -o {key}: {value!r}") from exc
+            for word in words:
+                resolved.add(key, word)
+        else:
+            resolved.add(key, value)
     if user is not None:
         resolved.options["user"] = [user]
     if port is not None:
@@ -270,9 +284,14 @@ def _expand_paths(resolved: Resolved, host: str, home: str, local_user: str) -> 
     hostname = expand_hostname(resolved.get("hostname") or host, host)
     if "hostname" in resolved.options:
         resolved.options["hostname"] = [hostname]
+    local_host = socket.gethostname()
     tokens = {"h": hostname, "n": host, "p": resolved.get("port") or "443",
               "r": resolved.get("user") or local_user, "u": local_user, "d": home,
-              "l": socket.gethostname().split(".")[0], "i": str(os.getuid())}
+              "l": local_host.split(".")[0], "L": local_host.split(".")[0],
+              "i": str(os.getuid())}
+    # %C: OpenSSH's hash of %l%h%p%r (a short, unique ControlPath name)
+    tokens["C"] = hashlib.sha1((tokens["l"] + hostname + tokens["p"] + tokens["r"])
+                               .encode()).hexdigest()
     for key in PATH_OPTIONS & resolved.options.keys():
         expanded = []
         for value in resolved.options[key]:
@@ -353,6 +372,9 @@ def apply_to_args(args: Any) -> Resolved:
         args.verbose = level.startswith("debug")
     if args.escape_char is None:
         args.escape_char = resolved.get("escapechar")
+    # SendEnv patterns and SetEnv NAME=VALUE words (ssh3_client/environment.py)
+    args.send_env = resolved.get_all("sendenv")
+    args.set_env = resolved.get_all("setenv")
     for key in ("proxyjump", "proxycommand", "udpproxyjump"):
         value = resolved.get(key)
         if value and value.lower() != "none":

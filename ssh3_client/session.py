@@ -9,17 +9,18 @@ import os
 import signal
 import sys
 import termios
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ssh3.aio.channel import ChannelClosed
 from ssh3.aio.conversation import Conversation
-from ssh3.connection import EXT_CHANNEL_EOF, EXT_WINDOW_CHANGE
+from ssh3.connection import EXT_CHANNEL_EOF, EXT_ENV, EXT_WINDOW_CHANGE
 from ssh3.messages import (
     ChannelData,
     ChannelExtendedData,
     ChannelOpenConfirmation,
     ChannelOpenFailure,
+    EnvRequest,
     ExecRequest,
     ExitSignalRequest,
     ExitStatusRequest,
@@ -52,6 +53,8 @@ class SessionRequest:
     escape_char: int | None = None
     host: str = ""  # for "Connection to HOST closed." after ~.
     quiet: bool = False
+    # SendEnv/SetEnv (ssh3_client/environment.py): `env` requests, only with EXT_ENV
+    env: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _signal_number(name: str) -> int | None:
@@ -63,14 +66,27 @@ def _signal_number(name: str) -> int | None:
 
 async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
                       stdout_fd: int = 1, stderr_fd: int = 2, forwarding: Any = None,
-                      dynamic: Any = None) -> int:
-    """Run one session to its end and return the exit code the program should use."""
+                      dynamic: Any = None, stdin_reader: Any = None,
+                      on_resize: Any = None) -> int:
+    """Run one session to its end and return the exit code the program should use.
+
+    `stdin_reader` replaces the StdinReader of `stdin_fd` (the mux master reads a
+    client's fd without a thread that could outlive the session); `on_resize`,
+    if given, is called with the window-change function instead of catching
+    SIGWINCH here (the mux client relays its SIGWINCH)."""
     loop = asyncio.get_running_loop()
     extensions = conv.peer_extensions
     channel = conv.open_channel("session")
     size = terminal_size(stdin_fd) if request.pty else None
     if request.forward_agent:
         channel.send(ChannelData(b"forward-agent"))
+    if request.env:
+        if extensions & EXT_ENV:
+            for name, value in request.env:
+                channel.send(EnvRequest(name, value))
+        else:
+            log.debug("server did not announce the env extension: SendEnv/SetEnv (%s) "
+                      "not sent", ", ".join(name for name, _ in request.env))
     if request.pty:
         columns, rows = size or (80, 24)
         channel.send(PtyRequest(request.term, columns, rows, 0, 0, b"", want_reply=True))
@@ -81,7 +97,7 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     else:
         channel.send(ExecRequest(request.command, want_reply=True))
 
-    stdin = StdinReader(stdin_fd, loop)
+    stdin = stdin_reader if stdin_reader is not None else StdinReader(stdin_fd, loop)
     stdin.start()
     tty_in = request.pty and os.isatty(stdin_fd)
     cooked = None
@@ -135,7 +151,9 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
 
     stdin_task = asyncio.ensure_future(pump_stdin())
     winch = request.pty and size is not None and bool(extensions & EXT_WINDOW_CHANGE)
-    if winch:
+    if winch and on_resize is not None:
+        on_resize(on_winch)
+    elif winch:
         loop.add_signal_handler(signal.SIGWINCH, on_winch)
     raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
     output: asyncio.Future[int] | None = None
@@ -164,7 +182,9 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     finally:
         if output is not None:
             output.cancel()
-        if winch:
+        if winch and on_resize is not None:
+            on_resize(None)
+        elif winch:
             loop.remove_signal_handler(signal.SIGWINCH)
         stdin_task.cancel()
         with contextlib.suppress(BaseException):

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run COMMAND (with the user's shell, like exec) for subsystem NAME; "
                         "repeatable; an empty COMMAND removes NAME (default: sftp=the "
                         "system's sftp-server when installed)")
+    p.add_argument("-accept-env", default="LANG LC_*", metavar="PATTERNS",
+                   help="environment variables a client may set (SendEnv/SetEnv), like "
+                        "sshd's AcceptEnv; space-separated, * and ? wildcards; "
+                        "default \"LANG LC_*\"; \"\" accepts none")
+    p.add_argument("-extensions-mask", type=lambda v: int(v, 0), default=None,
+                   metavar="BITS", help="announce only these ssh3-py extension bits "
+                   "(testing: behave like an older or reference peer)")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     from .penalties import PenaltyPolicy, parse_networks
     from .server import ServerConfig, SSH3Server
+    from .environment import parse_accept_env
     from .sessions import default_subsystems
 
     subsystems = default_subsystems()
@@ -161,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
                           allow_udp_forwarding=not args.disable_udp_forwarding,
                           allow_agent_forwarding=not args.disable_agent_forwarding,
-                          subsystems=subsystems)
+                          subsystems=subsystems,
+                          accept_env=parse_accept_env(args.accept_env))
+    if args.extensions_mask is not None:
+        config.extensions &= args.extensions_mask
     try:
         server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):

@@ -14,7 +14,12 @@ from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.backends import Backend, get_backend
-from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
+from ssh3.connection import (
+    H3_NO_ERROR,
+    H3_REQUEST_INCOMPLETE,
+    OUR_EXTENSIONS,
+    RequestReceived,
+)
 from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
@@ -60,6 +65,10 @@ class ServerConfig:
     allow_agent_forwarding: bool = True
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
+    # -accept-env: names a client may set with `env` (EXT_ENV)
+    accept_env: tuple[str, ...] = ("LANG", "LC_*")
+    # -extensions-mask: the extension bits announced (fewer: behave like an older peer)
+    extensions: int = OUR_EXTENSIONS
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -72,6 +81,7 @@ def _date() -> bytes:
 class SSH3Server(ProtocolHandler):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.extensions = config.extensions  # read by SSH3Protocol.setup
         self.backend: Backend = get_backend(config.backend)
         self._server: object | None = None
         self._tickets: dict[bytes, object] = {}
@@ -91,7 +101,8 @@ class SSH3Server(ProtocolHandler):
         """What the server's flags allow every login."""
         return Permissions(allow_agent_forwarding=self.config.allow_agent_forwarding,
                            allow_tcp_forwarding=self.config.allow_tcp_forwarding,
-                           allow_udp_forwarding=self.config.allow_udp_forwarding)
+                           allow_udp_forwarding=self.config.allow_udp_forwarding,
+                           accept_env=self.config.accept_env)
 
     # ------------------------------------------------------------ lifecycle
 

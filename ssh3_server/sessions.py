@@ -17,6 +17,7 @@ from ssh3.messages import (
     ChannelData,
     ChannelExtendedData,
     ChannelOpenFailure,
+    EnvRequest,
     ExecRequest,
     ExitSignalRequest,
     ExitStatusRequest,
@@ -29,6 +30,7 @@ from ssh3.messages import (
 )
 
 from .agent_forwarding import FORWARD_AGENT_DATA, AgentForwarder
+from .environment import EnvCollector
 from .permissions import Permissions
 from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn
 
@@ -103,6 +105,8 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_sent = asyncio.Event()
         self.agent: AgentForwarder | None = None
+        self.env = EnvCollector(ctx.permissions.accept_env,
+                                f"session {channel.channel_id} of {ctx.user.name}")
 
     @property
     def larval(self) -> bool:
@@ -181,6 +185,13 @@ class Session:
                                 msg.pixel_width, msg.pixel_height)
             elif self.pty is not None:
                 self.pty.columns, self.pty.rows = msg.char_width, msg.char_height
+        elif isinstance(msg, EnvRequest):
+            # like sshd: only before the process starts, only names AcceptEnv allows
+            if self.larval:
+                self.env.offer(msg.name, msg.value)
+            else:
+                log.debug("session %d: env %r after the session started: ignored",
+                          self.channel.channel_id, msg.name)
         elif isinstance(msg, SignalRequest):
             if self.child is None:
                 raise SessionError("signal before the session started")
@@ -236,6 +247,7 @@ class Session:
             **self.ctx.extra_env,
             **({"SSH_AUTH_SOCK": self.agent.path} if self.agent and self.agent.path else {}),
         })
+        env.update(self.env.accepted)  # filtered: protected names only if named literally
         try:
             self.child = spawn(user, argv, shell, env, self.pty, self.ctx.switch_user)
         except OSError as exc:

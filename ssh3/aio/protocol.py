@@ -65,7 +65,10 @@ class SSH3ProtocolMixin:
     def setup(self, handler: ProtocolHandler) -> None:
         self.handler = handler
         is_client = bool(self._quic.configuration.is_client)
-        self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client)
+        # a handler may announce fewer extensions (ssh3-server -extensions-mask)
+        self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client,
+                                           extensions=getattr(handler, "extensions",
+                                                              c.OUR_EXTENSIONS))
         self.backend.install_receive_window(self._quic, RECEIVE_WINDOW)
         self.conversations: dict[int, Conversation] = {}
         self.channels: dict[int, Channel] = {}
