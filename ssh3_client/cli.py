@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import getpass
 import logging
@@ -70,21 +69,23 @@ _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v":
                # OpenSSH's, which sftp/scp/rsync/git pass (getopt style, bundled too)
                "-n": "null_stdin", "-q": "quiet", "-s": "subsystem", "-G": "print_config",
                "-V": "version"}
-_VALUE_FLAGS.update({"-F": "config_file", "-e": "escape_char"})
+_VALUE_FLAGS.update({"-F": "config_file", "-e": "escape_char",
+                     "-O": "mux_command", "-S": "control_path"})
+_BOOL_FLAGS["-M"] = "master"
 # OpenSSH flags that change nothing for ssh3: QUIC/TLS chooses ciphers and MACs,
 # there is no X11 forwarding to turn off (-x, -a), compression is not negotiated
 _IGNORED_BOOL = {"-x", "-a", "-C", "-4", "-6", "-k", "-K", "-g", "-y", "-1", "-2"}
-_IGNORED_VALUE = {"-c", "-m", "-E", "-S", "-B"}
+_IGNORED_VALUE = {"-c", "-m", "-E", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
 _UNSUPPORTED = {"-R": "remote forwarding (-R)",
                 "-J": "jump hosts (-J)",
-                "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
+                "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
-                "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
+                "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -125,6 +126,10 @@ class Args:
     warnings: list[str] = field(default_factory=list)
     send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
     set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
+    master: int = 0  # -M count (ControlMaster=yes; -MM is ask, treated as auto)
+    mux_command: str | None = None  # -O check|exit|stop
+    mux: object = None  # ssh3_client.mux_client.Plan when this run is the master
+    mux_ready_fd: int | None = None  # background master: tell the foreground when ready
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -141,7 +146,7 @@ def parse_args(argv: list[str]) -> Args:
         if name.startswith("--") and name not in _BOOL_FLAGS:
             name = name[1:]
         if name in _BOOL_FLAGS and not eq:
-            setattr(args, _BOOL_FLAGS[name], True)
+            _set_flag(args, _BOOL_FLAGS[name])
             i += 1
             continue
         if name in _VALUE_FLAGS:
@@ -188,7 +193,7 @@ def _parse_bundle(args: Args, argv: list[str], i: int) -> int:
         if flag in _UNSUPPORTED and flag not in _BOOL_FLAGS and flag not in _VALUE_FLAGS:
             raise UsageError(f"{_UNSUPPORTED[flag]} is not supported by ssh3")
         if flag in _BOOL_FLAGS:
-            setattr(args, _BOOL_FLAGS[flag], True)
+            _set_flag(args, _BOOL_FLAGS[flag])
         elif flag in _VALUE_FLAGS:
             _set_value(args, _VALUE_FLAGS[flag], value)
         elif flag in _WARN_BOOL:
@@ -198,6 +203,11 @@ def _parse_bundle(args: Args, argv: list[str], i: int) -> int:
         elif flag not in _IGNORED_BOOL and flag not in _IGNORED_VALUE:
             raise UsageError(f"unknown flag {flag}" + (f" in {arg}" if len(arg) > 2 else ""))
     return i + 1
+
+
+def _set_flag(args: Args, key: str) -> None:
+    # -M counts (-MM: ControlMaster ask); the other flags are plain booleans
+    setattr(args, key, args.master + 1 if key == "master" else True)
 
 
 def _set_value(args: Args, key: str, value: str) -> None:
@@ -227,6 +237,8 @@ def _set_value(args: Args, key: str, value: str) -> None:
             args.stdio_forward = parse_stdio_target(value)
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
+    elif key == "control_path":  # -S: ControlPath, before the config's
+        args.options.setdefault("controlpath", value)
     elif key == "pubkey_for_agent":
         args.pubkeys_for_agent.append(value)
     elif key == "port":
@@ -290,6 +302,7 @@ async def _run(args: Args, target: Target) -> int:
     from .identities import load_identities
     from .keepalive import KeepaliveError, run_with_keepalive
     from .keepalive import settings as keepalive_settings
+    from .mux_master import MuxRole
     from .session import SessionRequest, run_session
     from .socks import DynamicForwarding
     from .stdio_forward import stdio_forward
@@ -304,6 +317,7 @@ async def _run(args: Args, target: Target) -> int:
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier)
+    mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
     if args.no_tty:
@@ -330,11 +344,15 @@ async def _run(args: Args, target: Target) -> int:
     # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
-        async with open_connection(params) as protocol:
-            conv = await establish(protocol, params)
+        async with open_connection(params) as protocol, mux:
+            conv = await establish(protocol, mux.params)
             # server-opened channels: agent connections with -A, reset otherwise
             AgentChannels(conv, args.forward_agent, agent_socket(args.options))
             await wait_settings(protocol)
+            if await mux.start(protocol, conv, agent_socket(args.options)):
+                # a background master (ControlPersist): serve until idle or -O exit
+                return await run_with_keepalive(protocol, mux.serve(), args.options,
+                                                target.host)
 
             async def work() -> int:
                 if args.stdio_forward is not None:
@@ -349,7 +367,8 @@ async def _run(args: Args, target: Target) -> int:
                                              forwarding=forwarding, dynamic=dynamic)
 
             # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
-            return await run_with_keepalive(protocol, work(), args.options, target.host)
+            return await run_with_keepalive(protocol, mux.after(work()), args.options,
+                                            target.host)
     except ForwardError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
@@ -362,6 +381,7 @@ async def _run_until_hangup(args: Args, target: Target) -> int:
     """SIGHUP (the terminal went away) or SIGTERM end the run through the normal
     cleanup, so the server hears CONNECTION_CLOSE at once and hangs up the session
     instead of waiting for its idle timeout; exit 255 as OpenSSH does."""
+    import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
@@ -381,6 +401,17 @@ async def _run_until_hangup(args: Args, target: Target) -> int:
         if caught:
             return 255
         raise
+
+
+def _bad_escape(args: Args) -> bool:
+    from .escape import parse_escape_char
+
+    try:
+        parse_escape_char(args.escape_char)  # -e or EscapeChar
+    except ValueError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,14 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
-    from .escape import parse_escape_char
-
-    try:
-        parse_escape_char(args.escape_char)  # -e or EscapeChar
-    except ValueError as exc:
-        print(f"ssh3: {exc}", file=sys.stderr)
-        return 255
     if args.print_config:  # ssh -G (git probes with it to pick its OpenSSH variant)
+        if _bad_escape(args):
+            return 255
         print(dump(resolved, args, args.hostname or args.target), end="")
         return 0
     if not args.quiet:
@@ -436,6 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
+    # multiplexing first, before asyncio and QUIC are imported (ssh3_client/mux_cli.py)
+    from .mux_cli import before_connect
+
+    mux_code = before_connect(args, target.host)
+    if mux_code is not None:
+        return mux_code
+    if _bad_escape(args):
+        return 255
+    import asyncio
     try:
         code = asyncio.run(_run_until_hangup(args, target))
     except KeyboardInterrupt:

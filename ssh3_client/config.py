@@ -352,7 +352,8 @@ def apply_to_args(args: Any) -> Resolved:
             args.options[key] = values[0]
     if _yes(resolved.get("clearallforwardings")):
         args.forwards.clear()  # like OpenSSH, also those of the command line (scp sets it)
-    else:
+    elif resolved.get_all("localforward"):
+        # imported only when needed: it pulls asyncio, which a multiplexed run avoids
         from .forwarding import ForwardError, parse_local_forward
 
         for value in resolved.get_all("localforward"):

@@ -198,12 +198,12 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
             msg = await channel.read()  # type: ignore[attr-defined]
         except ChannelClosed as exc:
             _error(f"subsystem {subsystem!r} refused: {exc}" if subsystem is not None
-                   else f"session ended without an exit status: {exc}")
+                   else f"session ended without an exit status: {exc}", stderr_fd)
             return EXIT_ERROR
         if msg is None:
             _error(f"subsystem {subsystem!r} refused: the server closed the session"
                    if subsystem is not None
-                   else "the server closed the session without an exit status")
+                   else "the server closed the session without an exit status", stderr_fd)
             return EXIT_ERROR
         if isinstance(msg, ChannelData):
             write_all(stdout_fd, msg.data)
@@ -218,7 +218,8 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
                       " (core dumped)" if msg.core_dumped else "")
             return 128 + signum if signum is not None else EXIT_ERROR
         elif isinstance(msg, ChannelOpenFailure):
-            _error(f"the server refused the session: {msg.message} (reason {msg.reason_code})")
+            _error(f"the server refused the session: {msg.message} (reason {msg.reason_code})",
+                   stderr_fd)
             return EXIT_ERROR
         elif isinstance(msg, ChannelOpenConfirmation):
             continue
@@ -226,7 +227,9 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
             log.debug("ignoring %s on the session channel", type(msg).__name__)
 
 
-def _error(text: str) -> None:
+def _error(text: str, fd: int = 2) -> None:
+    # to the session's stderr: a mux master's own stderr is not the user's
     with contextlib.suppress(OSError):
-        sys.stderr.write(f"ssh3: {text}\n")
-        sys.stderr.flush()
+        if fd == 2:
+            sys.stderr.flush()
+        write_all(fd, f"ssh3: {text}\n".encode())

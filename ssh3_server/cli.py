@@ -130,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssh3-server: the {what} file {path} does not exist: give -cert/-key, or "
                   "-generate-selfsigned-cert to create a pair", file=sys.stderr)
             return 1
+    from .environment import parse_accept_env
     from .penalties import PenaltyPolicy, parse_networks
     from .server import ServerConfig, SSH3Server
-    from .environment import parse_accept_env
     from .sessions import default_subsystems
 
     subsystems = default_subsystems()

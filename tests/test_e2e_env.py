@@ -57,7 +57,8 @@ def test_wire_format():
 
 def test_client_collect():
     environ = {"LANG": "fr_FR.UTF-8", "LC_ALL": "C", "LC_TIME": "x", "HOME": "/h", "FOO": "1"}
-    got = dict(collect(["LANG LC_*", "-LC_*", "LC_ALL"], ["FOO=set", "FOO=second", "B=a b"], environ))
+    got = dict(collect(["LANG LC_*", "-LC_*", "LC_ALL"], ["FOO=set", "FOO=second", "B=a b"],
+                       environ))
     assert got == {"LANG": b"fr_FR.UTF-8", "LC_ALL": b"C", "FOO": b"set", "B": b"a b"}
     with pytest.raises(EnvError):
         collect([], ["novalue"], {})
