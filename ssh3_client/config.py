@@ -361,6 +361,17 @@ def apply_to_args(args: Any) -> Resolved:
                 args.forwards.append(parse_local_forward(local_forward_spec(value)))
             except ForwardError as exc:
                 raise ConfigError(f"LocalForward {value!r}: {exc}") from None
+    if not args.forward_agent and _yes(resolved.get("forwardagent")):
+        args.forward_agent = True  # -A from the config (a socket path is not supported)
+    if resolved.get_all("dynamicforward") and not _yes(resolved.get("clearallforwardings")):
+        from .forwarding import ForwardError
+        from .socks import parse_dynamic_forward
+
+        for value in resolved.get_all("dynamicforward"):
+            try:
+                args.dynamic.append(parse_dynamic_forward(value))
+            except ForwardError as exc:
+                raise ConfigError(f"DynamicForward {value!r}: {exc}") from None
     if not args.force_tty and not args.no_tty:
         request_tty = (resolved.get("requesttty") or "auto").lower()
         if request_tty == "no":
