@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -454,20 +453,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         for warning in args.warnings:
             print(f"ssh3: {warning}", file=sys.stderr)
-    logging.basicConfig(level=logging.DEBUG if args.verbose
-                        else logging.ERROR if args.quiet else logging.WARNING,
-                        format="ssh3: %(name)s: %(message)s")
     try:
         target = parse_target(args.target, args)
     except UsageError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
-    # multiplexing first, before asyncio and QUIC are imported (ssh3_client/mux_cli.py)
+    # multiplexing first, before asyncio, logging and QUIC are imported (mux_cli.py)
     from .mux_cli import before_connect
 
     mux_code = before_connect(args, target.host)
     if mux_code is not None:
         return mux_code
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose
+                        else logging.ERROR if args.quiet else logging.WARNING,
+                        format="ssh3: %(name)s: %(message)s")
     if _bad_escape(args):
         return 255
     import asyncio

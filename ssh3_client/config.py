@@ -35,17 +35,18 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
-import glob
-import hashlib
-import logging
 import os
 import shlex
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-log = logging.getLogger("ssh3.config")
+
+def _warn(fmt: str, *args: object) -> None:
+    # logging is imported only when there is something to say (start-up time)
+    import logging
+
+    logging.getLogger("ssh3.config").warning(fmt, *args)
 
 USER_CONFIG = "~/.ssh/config"
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
@@ -138,7 +139,7 @@ class _Reader:
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
+            _warn("cannot read %s: %s", path, exc)
             return
         active = True  # options before the first Host/Match apply to every host
         for lineno, line in enumerate(lines, 1):
@@ -173,6 +174,8 @@ class _Reader:
             pattern = os.path.expanduser(value) if value.startswith("~") else value
             if not os.path.isabs(pattern):
                 pattern = os.path.join(base_dir, pattern)
+            import glob  # only configs with Include need it
+
             for included in sorted(glob.glob(pattern)):
                 self.read_file(included, base_dir, depth + 1)
 
@@ -202,7 +205,7 @@ class _Reader:
                     subject = self.local_user
                 ok = match_pattern_list(subject, patterns)
             else:
-                log.warning("%s line %d: Match %s is not supported: the block is ignored",
+                _warn("%s line %d: Match %s is not supported: the block is ignored",
                             path, lineno, criterion)
                 return False
             if negate:
@@ -284,14 +287,17 @@ def _expand_paths(resolved: Resolved, host: str, home: str, local_user: str) -> 
     hostname = expand_hostname(resolved.get("hostname") or host, host)
     if "hostname" in resolved.options:
         resolved.options["hostname"] = [hostname]
-    local_host = socket.gethostname()
+    local_host = os.uname().nodename  # = socket.gethostname(), without importing socket
     tokens = {"h": hostname, "n": host, "p": resolved.get("port") or "443",
               "r": resolved.get("user") or local_user, "u": local_user, "d": home,
               "l": local_host.split(".")[0], "L": local_host.split(".")[0],
               "i": str(os.getuid())}
-    # %C: OpenSSH's hash of %l%h%p%r (a short, unique ControlPath name)
-    tokens["C"] = hashlib.sha1((tokens["l"] + hostname + tokens["p"] + tokens["r"])
-                               .encode()).hexdigest()
+    if any("%C" in v for vs in resolved.options.values() for v in vs):
+        import hashlib  # start-up matters for multiplexed runs: only when used
+
+        # %C: OpenSSH's hash of %l%h%p%r (a short, unique ControlPath name)
+        tokens["C"] = hashlib.sha1((tokens["l"] + hostname + tokens["p"] + tokens["r"])
+                                   .encode()).hexdigest()
     for key in PATH_OPTIONS & resolved.options.keys():
         expanded = []
         for value in resolved.options[key]:
