@@ -212,7 +212,13 @@ def run_session(path: str, fields: list[tuple[bytes, bytes]], stdin_fd: int = 0,
                 return None
             if pty:
                 _relay_winch(sock)
-            return _wait_status(sock)
+            _on_termination()
+            try:
+                return _wait_status(sock)
+            except KeyboardInterrupt:
+                return 130  # like a fresh ssh3; the master ends the session on our EOF
+            except _Terminated:
+                return 255
     finally:
         if saved is not None:
             import termios
@@ -221,6 +227,22 @@ def run_session(path: str, fields: list[tuple[bytes, bytes]], stdin_fd: int = 0,
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
             except termios.error:
                 pass
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_termination() -> None:
+    """SIGTERM/SIGHUP end the wait (exit 255, as a fresh ssh3 does); closing the
+    socket makes the master end the session, which hangs up the remote command."""
+    import signal
+
+    def terminate(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, terminate)
 
 
 def _relay_winch(sock: socket.socket) -> None:

@@ -292,8 +292,7 @@ class MuxMaster:
                             log.debug("multiplexing: %s requested", "exit" if kind == b"X"
                                       else "stop")
                             self.stop_listening()
-                        if kind == b"X":
-                            self.exit_requested = True
+                            self.exit_requested = kind == b"X"
                             self.changed.set()
                         continue
                     if kind == b"S":
@@ -400,6 +399,8 @@ class MuxMaster:
         """ControlPersist: run until `persist` s pass with no session, -O exit,
         or the connection dies. Returns the exit code of the daemon."""
         while not self.exit_requested and not self.protocol.terminated.is_set():
+            if not self.listening and not self.sessions:
+                break  # -O stop: no one can come any more
             self.changed.clear()
             timeout = None if self.sessions or persist == float("inf") else persist
             waits = {asyncio.ensure_future(self.changed.wait()),

@@ -224,20 +224,24 @@ def test_pty_session_and_window_size(mux):
     assert len(set(_conversations(mux.server))) == 1
 
 
-def test_killed_client_ends_remote_command(mux):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGKILL, -9), (signal.SIGTERM, 255),
+                                              (signal.SIGINT, 130)])
+def test_killed_client_ends_remote_command(mux, signum, code):
     assert mux.run("true").returncode == 0
     proc = subprocess.Popen(mux.client.argv(mux.server, "sleep 60", extra_args=mux.options()),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=mux.client.env(),
+                            stderr=subprocess.PIPE, env=mux.client.env(),
                             start_new_session=True)
     try:
         assert wait_for(lambda: _has_sleep(mux.server), 15)
-        proc.kill()
-        proc.wait(5)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=10)
+        assert proc.returncode == code and b"Traceback" not in err, err
         assert wait_for(lambda: not _has_sleep(mux.server), 15)
     finally:
         stop_process(proc)
     assert mux.run("echo still-serving").stdout == b"still-serving\n"
+    assert len(set(_conversations(mux.server))) == 1
 
 
 def _has_sleep(server) -> bool:
@@ -252,3 +256,35 @@ def test_env_through_master(mux):
     assert mux.run("true").returncode == 0
     r = mux.run("echo $LC_ALL", extra=["-o", "SetEnv=LC_ALL=C.UTF-8"])
     assert (r.returncode, r.stdout) == (0, b"C.UTF-8\n"), r.stderr
+
+
+def test_stop_and_second_master(mux):
+    assert mux.run("true").returncode == 0
+    pid = mux.note_master()
+    # ControlMaster=yes while a master lives: this run goes alone (OpenSSH's message)
+    r = mux.run("echo alone", master="yes", persist="no")
+    assert (r.returncode, r.stdout) == (0, b"alone\n")
+    assert b"already exists, disabling multiplexing" in r.stderr
+    assert mux.note_master() == pid
+    r = mux.control("stop")  # no new clients: the master goes once idle (even persist: yes)
+    assert r.returncode == 0 and b"Stop listening request sent." in r.stderr
+    assert not mux.path.exists()
+    assert pid is not None and wait_for(lambda: not pid_alive(pid), 10)
+    assert len(set(_conversations(mux.server))) == 2
+
+
+def test_unsafe_directory_refused(tmp_path):
+    from ssh3_client.mux_master import bind_socket
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by anyone, not sticky: another user could swap it
+    assert bind_socket(str(shared / "ctl")) is None
+    assert not (shared / "ctl").exists()
+    shared.chmod(0o1777)  # sticky, like /tmp: fine
+    sock = bind_socket(str(shared / "ctl"))
+    assert sock is not None
+    try:
+        assert (shared / "ctl").stat().st_mode & 0o777 == 0o600
+    finally:
+        sock.close()
