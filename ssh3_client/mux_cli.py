@@ -96,11 +96,15 @@ def _fork_background_master(args: Any, path: str, host: str) -> int | None:
     with os.fdopen(read_fd, "rb") as ready:
         state = ready.read(1)
     if state != b"R":
-        if state == b"F":  # it could not listen: connect by ourselves, as no master
-            args.mux = None
-            return None
-        _, status = os.waitpid(pid, 0)  # it failed (and said why on stderr)
-        return os.waitstatus_to_exitcode(status) & 0xFF or 255
+        # "F": it cannot be a master, so it runs the session itself in the foreground;
+        # nothing: it failed (and said why on stderr). Either way its status is ours.
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_IGN)  # the child, in our group, gets them
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
     if args.no_command:
         return 0  # `-N` with ControlPersist: the master is all that was asked for
     code = _as_client(args, path, host)

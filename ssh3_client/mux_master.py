@@ -494,13 +494,22 @@ class MuxRole:
             return False
         self.master = MuxMaster(protocol, self.params, self.memo, self.plan.path,
                                 agent_socket)
-        ok = self.master.listen()
+        if protocol.connection.peer_extensions:
+            ok = self.master.listen()
+        else:
+            # a server announcing no extension is the reference: one conversation per
+            # connection (Q11), a second CONNECT would break the first one
+            log.debug("the server is not ssh3-py (no extensions announced): "
+                      "multiplexing disabled")
+            ok = False
         if self.ready_fd is None:
             return False
         from .mux_cli import detach
 
         detach(self.ready_fd, ok)
         self.ready_fd = None
+        if not ok:
+            return False  # no master after all: run the session here, in the foreground
         # no terminal any more: ~^Z in a multiplexed session must not stop us
         import signal
 

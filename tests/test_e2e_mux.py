@@ -288,3 +288,26 @@ def test_unsafe_directory_refused(tmp_path):
         assert (shared / "ctl").stat().st_mode & 0o777 == 0o600
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("persist", ["yes", "no"])
+def test_no_multiplexing_towards_reference_like_server(tmp_path, authorized_keys, make_client,
+                                                       server_backend, persist):
+    """A server that announces no extension (as the Go reference, which serves one
+    conversation per connection) never gets a second CONNECT: no master starts and
+    each run connects by itself."""
+    from e2e_helpers import Server
+
+    server = Server(tmp_path / "plain", server_backend, authorized_keys,
+                    extra_args=["-extensions-mask", "0"]).start()
+    try:
+        client = make_client(server_backend, trust=server)
+        m = Mux(client, server, tmp_path / "ctl")
+        for word in ("one", "two"):
+            r = m.run(f"echo {word}", persist=persist)
+            assert (r.returncode, r.stdout) == (0, f"{word}\n".encode()), r.stderr
+        assert not m.path.exists() and m.note_master() is None
+        peers = _conversations(server)
+        assert len(peers) == 2 and len(set(peers)) == 2
+    finally:
+        assert not server.stop()
