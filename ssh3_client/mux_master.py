@@ -209,6 +209,7 @@ class MuxMaster:
         self.agent_socket = agent_socket
         self._listener: socket.socket | None = None
         self._inode: int | None = None  # of our socket file (a newer one is not ours)
+        self._spare: asyncio.Task[Any] | None = None  # the next client's conversation
         self._loop = asyncio.get_running_loop()
         self._clients: set[asyncio.Task[None]] = set()
         self.sessions = 0  # running now
@@ -224,6 +225,7 @@ class MuxMaster:
             return False
         self._inode = _inode(self.path)
         self._loop.add_reader(self._listener.fileno(), self._accept)
+        self._prepare_spare()
         log.debug("multiplexing master listening on %s", self.path)
         return True
 
@@ -380,7 +382,26 @@ class MuxMaster:
                 if kind == b"W" and resize[0] is not None:
                     resize[0]()
 
+    def _prepare_spare(self) -> None:
+        """Authenticate the next client's conversation ahead of time: the CONNECT
+        round trip and the server's key check leave its critical path."""
+        if self._spare is None and self.listening and not self.protocol.terminated.is_set():
+            self._spare = asyncio.ensure_future(self._establish())
+
     async def _open_conversation(self) -> Any:
+        spare, self._spare = self._spare, None
+        conv = None
+        if spare is not None:
+            with contextlib.suppress(Exception):
+                conv = await spare
+            if conv is not None and conv.ended.is_set():
+                conv = None
+        if conv is None:
+            conv = await self._establish()
+        self._prepare_spare()
+        return conv
+
+    async def _establish(self) -> Any:
         if self.protocol.terminated.is_set() or self.memo.identity is None:
             return None
         identity = self.memo.identity
@@ -435,6 +456,13 @@ class MuxMaster:
 
     async def close(self) -> None:
         self.stop_listening()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.cancel()
+            with contextlib.suppress(BaseException):
+                conv = await spare
+                if conv is not None:
+                    conv.close("multiplexing master closing")
         for task in list(self._clients):
             task.cancel()
         if self._clients:
