@@ -30,7 +30,13 @@ flags:
                        UserKnownHostsFile=FILE, IdentitiesOnly=yes (no agent keys
                        but those of the key files), IdentityAgent=SOCKET|none,
                        BatchMode=yes, NumberOfPasswordPrompts=N,
-                       ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3)
+                       ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3),
+                       SendEnv=PATTERNS, SetEnv=NAME=VALUE (sent to ssh3-py servers),
+                       ControlMaster=yes|no|auto, ControlPath=PATH, ControlPersist=
+                       yes|no|TIME (connection multiplexing: docs/multiplexing.md)
+  -M                   be a multiplexing master (ControlMaster=yes)
+  -S PATH              control socket (ControlPath)
+  -O check|exit|stop   ask the multiplexing master at the ControlPath
   -L [BIND:]PORT:HOST:HOSTPORT  forward local TCP port PORT to HOST:HOSTPORT through
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)

@@ -311,3 +311,35 @@ def test_no_multiplexing_towards_reference_like_server(tmp_path, authorized_keys
         assert len(peers) == 2 and len(set(peers)) == 2
     finally:
         assert not server.stop()
+
+
+def test_bad_requests_leave_master_serving(mux):
+    assert mux.run("true").returncode == 0
+
+    def exchange(data: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(mux.path))
+            s.sendall(data)
+            out = b""
+            while chunk := s.recv(4096):
+                out += chunk
+            return out
+
+    assert exchange(frame(b"Z")) == b""  # unknown frame: connection closed
+    assert exchange(b"\xff" * 64) == b""  # absurd length
+    # a session request without file descriptors / with a malformed body
+    assert b"three file descriptors" in exchange(frame(b"S", encode_fields([])))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(mux.path))
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            socket.send_fds(s, [frame(b"S", b"\x00\x05junk")], [null, null, null])
+        finally:
+            os.close(null)
+        kind, payload = FrameReader().feed(s.recv(4096))[0]
+        assert kind == b"F" and b"malformed" in payload
+    r = mux.run("echo still-fine")
+    assert (r.returncode, r.stdout) == (0, b"still-fine\n")
+    assert len(set(_conversations(mux.server))) == 1
