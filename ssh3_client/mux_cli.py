@@ -124,6 +124,7 @@ def detach(ready_fd: int, ok: bool) -> None:
     if not ok:
         return
     os.setsid()
+    os.chdir("/")  # hold no directory busy (paths in use are absolute by now)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

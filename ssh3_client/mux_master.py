@@ -205,7 +205,7 @@ class MuxMaster:
         self.protocol = protocol
         self.params = params
         self.memo = memo
-        self.path = path
+        self.path = os.path.abspath(path)  # a background master leaves its cwd
         self.agent_socket = agent_socket
         self._listener: socket.socket | None = None
         self._inode: int | None = None  # of our socket file (a newer one is not ours)

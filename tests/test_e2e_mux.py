@@ -224,6 +224,21 @@ def test_pty_session_and_window_size(mux):
     assert len(set(_conversations(mux.server))) == 1
 
 
+def test_escape_disconnect_through_master(mux):
+    assert mux.run("true").returncode == 0
+    term = PtyProcess(mux.client.argv(mux.server, None, extra_args=["-t", *mux.options()]),
+                      mux.client.env())
+    try:
+        term.write(b"echo READY$((6*7))\r")
+        term.expect(rb"READY42")
+        term.write(b"\r~.")
+        term.expect(rb"Connection to \S+ closed\.")
+        assert term.wait(15) == 255
+    finally:
+        term.close()
+    assert mux.run("echo after").stdout == b"after\n"  # the master goes on
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGKILL, -9), (signal.SIGTERM, 255),
                                               (signal.SIGINT, 130)])
 def test_killed_client_ends_remote_command(mux, signum, code):
