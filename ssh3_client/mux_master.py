@@ -285,6 +285,8 @@ class MuxMaster:
             while True:
                 data, new_fds = await self._recv(conn)
                 fds += new_fds
+                if len(fds) > 3:
+                    raise ValueError("more file descriptors than a session takes")
                 if not data:
                     return
                 for kind, payload in reader.feed(data):
