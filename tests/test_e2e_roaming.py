@@ -6,6 +6,7 @@ is gone. Both QUIC backends, the same on both sides."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -121,3 +122,69 @@ def test_session_survives_nat_rebinding(start_server, make_client, backend):
     finally:
         stop_process(proc)
         relay.close()
+
+
+async def _echo(channel, text: bytes) -> bytes:
+    from ssh3.messages import ChannelData
+
+    await channel.write(text)
+    got = b""
+    while not got.endswith(b"\n"):
+        msg = await channel.read()
+        assert msg is not None, f"channel ended; got {got!r}"
+        if isinstance(msg, ChannelData):
+            got += msg.data
+    return got
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_survives_client_socket_change(start_server, user_key, backend):
+    """The client itself moves: a new UDP socket (new port) is swapped into the
+    protocol's transport mid-session, the old one closed."""
+    from e2e_helpers import library_params, run_async
+
+    from ssh3.aio.client import establish, open_connection
+    from ssh3.messages import ExecRequest, ExitStatusRequest
+
+    server = start_server(backend)
+    params = library_params(server, user_key, backend)
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        ports = []
+        async with open_connection(params) as protocol:
+            conv = await establish(protocol, params)
+            channel = conv.open_channel("session")
+            channel.send(ExecRequest(b"cat"))
+            ports.append(protocol._transport.get_extra_info("sockname")[1])
+            assert await _echo(channel, b"before\n") == b"before\n"
+            old = protocol._transport
+            # same family as the library's socket (aioquic: dual-stack "::", addresses
+            # IPv4-mapped), a new port
+            family = old.get_extra_info("socket").family
+            new_sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                new_sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            new_sock.bind(("::" if family == socket.AF_INET6 else HOST, 0))
+            new_transport, _ = await loop.create_datagram_endpoint(lambda: protocol,
+                                                                   sock=new_sock)
+            old.close()
+            try:
+                ports.append(protocol._transport.get_extra_info("sockname")[1])
+                for i in range(3):
+                    line = f"after {i}\n".encode()
+                    assert await _echo(channel, line) == line
+                channel.send_eof()
+                while True:
+                    msg = await channel.read()
+                    assert msg is not None
+                    if isinstance(msg, ExitStatusRequest):
+                        assert msg.exit_status == 0
+                        break
+            finally:
+                protocol.close_now()
+                new_transport.close()
+        return ports
+
+    ports = run_async(scenario(), timeout=60)
+    assert ports[0] != ports[1]
