@@ -243,11 +243,13 @@ class Session:
             argv = [shell, "-c", command]
             what = f"subsystem {msg.name!r} ({command})"
         env = build_environment(user, self.pty.term if self.pty else None, {
+            # the client's (filtered: a protected name only if accepted literally),
+            # then what the server and the key's environment= set, which win
+            **self.env.accepted,
             "SSH3_CONNECTION": f"{self.ctx.peer} {self.ctx.local}",
             **self.ctx.extra_env,
             **({"SSH_AUTH_SOCK": self.agent.path} if self.agent and self.agent.path else {}),
         })
-        env.update(self.env.accepted)  # filtered: protected names only if named literally
         try:
             self.child = spawn(user, argv, shell, env, self.pty, self.ctx.switch_user)
         except OSError as exc:
