@@ -84,6 +84,7 @@ class FrameReader:
 
     def __init__(self) -> None:
         self.buf = b""
+        self.pending: list[tuple[bytes, bytes]] = []  # complete, not yet taken
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
         self.buf += data
@@ -147,13 +148,13 @@ def remove_stale(path: str) -> None:
 
 
 def _exchange(sock: socket.socket, reader: FrameReader) -> tuple[bytes, bytes]:
-    while True:
+    """The next frame from the master (EOFError when it hung up)."""
+    while not reader.pending:
         data = sock.recv(65536)
         if not data:
             raise EOFError
-        frames = reader.feed(data)
-        if frames:
-            return frames[0]
+        reader.pending += reader.feed(data)
+    return reader.pending.pop(0)
 
 
 def control_command(path: str, command: str) -> int:
@@ -203,6 +204,10 @@ def run_session(path: str, fields: list[tuple[bytes, bytes]], stdin_fd: int = 0,
             saved = termios.tcgetattr(stdin_fd)
         except termios.error:
             saved = None
+    import signal
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP,
+                                                  signal.SIGWINCH)}
     try:
         with sock:
             payload = encode_fields([(b"version", MUX_VERSION), *fields])
@@ -220,6 +225,8 @@ def run_session(path: str, fields: list[tuple[bytes, bytes]], stdin_fd: int = 0,
             except _Terminated:
                 return 255
     finally:
+        for signum, handler in previous.items():  # a fallback run installs its own
+            signal.signal(signum, handler)
         if saved is not None:
             import termios
 
@@ -263,10 +270,10 @@ def _wait_status(sock: socket.socket) -> int | None:
         try:
             kind, payload = _exchange(sock, reader)
         except (EOFError, ConnectionError):
-            _say("the multiplexing master closed the connection")
+            _say("ssh3: the multiplexing master closed the connection")
             return 255
         except ValueError as exc:
-            _say(f"bad answer from the multiplexing master: {exc}")
+            _say(f"ssh3: bad answer from the multiplexing master: {exc}")
             return 255
         if kind == b"E" and len(payload) == 4:
             return struct.unpack(">i", payload)[0] & 0xFF
