@@ -7,8 +7,9 @@ and does all the I/O itself. This process only waits for the exit status, relays
 SIGWINCH, and exits with the status. Like OpenSSH's mux client.
 
 Start-up cost is the point of multiplexing, so this module imports only what the
-interpreter already has loaded or what is tiny (os, sys, socket, struct, signal,
-errno) and nothing of asyncio, QUIC or TLS. See docs/multiplexing.md.
+interpreter already has loaded or what is tiny (os, sys, struct, array, errno, stat,
+and the C modules _socket and _signal rather than their enum-building wrappers) and
+nothing of asyncio, QUIC or TLS. See docs/multiplexing.md.
 
 Mux protocol (a SOCK_STREAM unix socket, one frame = `type:u8 length:u32be payload`):
 
@@ -26,9 +27,11 @@ answers 'N' (a fresh connection is made instead).
 
 from __future__ import annotations
 
+import _signal
+import _socket  # socket.py builds its enums at import (~2 ms): the C module suffices
+import array
 import errno
 import os
-import socket
 import stat
 import struct
 import sys
@@ -124,10 +127,10 @@ def session_fields(command: bytes | None, pty: bool, term: str, host: str, *,
 # ---------------------------------------------------------------- socket
 
 
-def connect(path: str) -> socket.socket:
+def connect(path: str) -> _socket.socket:
     """A connection to the master at `path`; a stale socket (nobody listening) is
     removed. Raises MuxUnavailable when there is no master."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:
@@ -147,7 +150,7 @@ def remove_stale(path: str) -> None:
         pass
 
 
-def _exchange(sock: socket.socket, reader: FrameReader) -> tuple[bytes, bytes]:
+def _exchange(sock: _socket.socket, reader: FrameReader) -> tuple[bytes, bytes]:
     """The next frame from the master (EOFError when it hung up)."""
     while not reader.pending:
         data = sock.recv(65536)
@@ -168,13 +171,14 @@ def control_command(path: str, command: str) -> int:
     except MuxUnavailable:
         _say(f"Control socket connect({path}): {os.strerror(errno.ENOENT)}")
         return 255
-    with sock:
-        try:
-            sock.sendall(frame(kind))
-            answer, payload = _exchange(sock, FrameReader())
-        except (OSError, EOFError, ValueError):
-            _say(f"Control socket {path}: the master did not answer")
-            return 255
+    try:
+        sock.sendall(frame(kind))
+        answer, payload = _exchange(sock, FrameReader())
+    except (OSError, EOFError, ValueError):
+        _say(f"Control socket {path}: the master did not answer")
+        return 255
+    finally:
+        sock.close()
     if answer != b"P" or len(payload) != 4:
         _say(f"Control socket {path}: unexpected answer")
         return 255
@@ -204,29 +208,29 @@ def run_session(path: str, fields: list[tuple[bytes, bytes]], stdin_fd: int = 0,
             saved = termios.tcgetattr(stdin_fd)
         except termios.error:
             saved = None
-    import signal
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP,
-                                                  signal.SIGWINCH)}
+    # _signal: signal.py wraps every call in enum conversions, which cost here
+    previous = {s: _signal.getsignal(s) for s in (_signal.SIGTERM, _signal.SIGHUP,
+                                                   _signal.SIGWINCH)}
     try:
-        with sock:
-            payload = encode_fields([(b"version", MUX_VERSION), *fields])
-            try:
-                socket.send_fds(sock, [frame(b"S", payload)], [stdin_fd, 1, 2])
-            except OSError:
-                return None
-            if pty:
-                _relay_winch(sock)
-            _on_termination()
-            try:
-                return _wait_status(sock)
-            except KeyboardInterrupt:
-                return 130  # like a fresh ssh3; the master ends the session on our EOF
-            except _Terminated:
-                return 255
+        payload = encode_fields([(b"version", MUX_VERSION), *fields])
+        try:
+            sock.sendmsg([frame(b"S", payload)], [(
+                _socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [stdin_fd, 1, 2]))])
+        except OSError:
+            return None
+        if pty:
+            _relay_winch(sock)
+        _on_termination()
+        try:
+            return _wait_status(sock)
+        except KeyboardInterrupt:
+            return 130  # like a fresh ssh3; the master ends the session on our EOF
+        except _Terminated:
+            return 255
     finally:
+        sock.close()
         for signum, handler in previous.items():  # a fallback run installs its own
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         if saved is not None:
             import termios
 
@@ -243,28 +247,25 @@ class _Terminated(Exception):
 def _on_termination() -> None:
     """SIGTERM/SIGHUP end the wait (exit 255, as a fresh ssh3 does); closing the
     socket makes the master end the session, which hangs up the remote command."""
-    import signal
 
     def terminate(_signum: int, _frame: object) -> None:
         raise _Terminated
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, terminate)
+    for signum in (_signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(signum, terminate)
 
 
-def _relay_winch(sock: socket.socket) -> None:
-    import signal
-
+def _relay_winch(sock: _socket.socket) -> None:
     def on_winch(_signum: int, _frame: object) -> None:
         try:
             sock.send(frame(b"W"))
         except OSError:
             pass
 
-    signal.signal(signal.SIGWINCH, on_winch)
+    _signal.signal(_signal.SIGWINCH, on_winch)
 
 
-def _wait_status(sock: socket.socket) -> int | None:
+def _wait_status(sock: _socket.socket) -> int | None:
     reader = FrameReader()
     while True:
         try:
