@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
 import sys
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .records import field, record  # not dataclasses: start-up time (records.py)
 
 USAGE = """\
 usage: ssh3 [flags] [user@]host[:port][/path] [command ...]
@@ -97,7 +97,7 @@ class UsageError(Exception):
     pass
 
 
-@dataclass
+@record
 class Args:
     identities: list[str] = field(default_factory=list)
     pubkeys_for_agent: list[str] = field(default_factory=list)
@@ -263,7 +263,7 @@ def _set_value(args: Args, key: str, value: str) -> None:
         setattr(args, key, value)
 
 
-@dataclass
+@record
 class Target:
     host: str
     port: int
@@ -478,16 +478,18 @@ def main(argv: list[str] | None = None) -> int:
     if _bad_escape(args):
         return 255
     import asyncio
+    from contextlib import suppress
+
     try:
         code = asyncio.run(_run_until_hangup(args, target))
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
         # our stdout went away (`ssh3 host cmd | head`): stop quietly
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         return 255
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         sys.stdout.flush()
     return code
 

@@ -37,9 +37,13 @@ import fnmatch
 import getpass
 import os
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from .records import field, record  # not dataclasses: start-up time (records.py)
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _warn(fmt: str, *args: object) -> None:
@@ -104,7 +108,7 @@ def split_line(line: str) -> tuple[str, list[str]] | None:
     return key.lower(), values
 
 
-@dataclass
+@record
 class Resolved:
     """The options for one destination: lower-cased keyword → values in order of
     precedence (first value wins for single-valued options)."""

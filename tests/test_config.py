@@ -226,3 +226,26 @@ def test_multiplexing_flags(tmp_path: Path) -> None:
     args = parse_args(["-F", "none", "-o", "SetEnv=A=1 B='x y'", "-o", "SendEnv=LANG", "h"])
     apply_to_args(args)
     assert (args.set_env, args.send_env) == (["A=1", "B=x y"], ["LANG"])
+
+
+def test_records_behave_like_dataclasses() -> None:
+    """cli.Args / cli.Target / config.Resolved use ssh3_client.records (start-up)."""
+    from ssh3_client.cli import Args, Target
+    from ssh3_client.records import field, record
+
+    @record
+    class Point:
+        x: int
+        y: int = 0
+        tags: list[str] = field(default_factory=list)
+
+    a, b = Point(1), Point(1, 0)
+    assert a == b and a.tags == [] and a.tags is not b.tags
+    assert repr(Point(2, y=3)) == "Point(x=2, y=3, tags=[])"
+    assert Point(x=1, tags=["t"]).tags == ["t"] and Point(1) != Point(2)
+    for bad in (lambda: Point(), lambda: Point(1, 2, [], 4), lambda: Point(1, z=2),
+                lambda: Point(1, x=1)):
+        with pytest.raises(TypeError):
+            bad()
+    assert Args().identities == [] and Args().identities is not Args().identities
+    assert Target("h", 1, "/p", "u") == Target("h", 1, "/p", "u")
