@@ -84,7 +84,7 @@ def bench_backend(backend: str, work: Path, runs: int) -> tuple[float, float]:
         # multiplexed run costs where site-packages has no .pth files to execute
         repo = str(Path(__file__).resolve().parent.parent)
         code = (f"import sys; sys.path.insert(0, {repo!r}); "
-                "from ssh3_client.cli import main; sys.exit(main(sys.argv[1:]))")
+                "from ssh3_client.cli import main; sys.exit(main())")
         bare = timed([sys.executable, "-S", "-c", code, *(base + ctl + target)[1:]], env, runs)
         print(f"{backend}: multiplexed with python -S: {statistics.median(bare) * 1000:.0f} ms")
         subprocess.run(base + ctl + ["-O", "exit", f"{HOST}:{port}"], env=env,

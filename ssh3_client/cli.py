@@ -420,6 +420,7 @@ def _bad_escape(args: Args) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the `ssh3` program, not a caller in the same process
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
@@ -465,10 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
     # multiplexing first, before asyncio, logging and QUIC are imported (mux_cli.py)
-    from .mux_cli import before_connect
+    from .mux_cli import before_connect, fast_exit
 
     mux_code = before_connect(args, target.host)
     if mux_code is not None:
+        if own_process:
+            fast_exit(mux_code)
         return mux_code
     import logging
 

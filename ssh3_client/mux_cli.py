@@ -133,3 +133,14 @@ def detach(ready_fd: int, ok: bool) -> None:
         os.dup2(null, fd)
     if null > 2:
         os.close(null)
+
+
+def fast_exit(code: int) -> None:
+    """Leave without the interpreter's teardown (~3 ms of a ~30 ms multiplexed run):
+    this process holds nothing to clean up once the master has run its session."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
