@@ -284,13 +284,13 @@ def _env_requests(conversation: Conversation, env: dict[str, str]) -> list[Any]:
     reference would end the conversation on an unknown request type, Q2)."""
     if not env:
         return []
-    from . import connection, messages
+    from .connection import EXT_ENV
+    from .messages import EnvRequest
 
-    bit = getattr(connection, "EXT_ENV", 0)
-    request = getattr(messages, "EnvRequest", None)
-    if not bit or request is None or not conversation.peer_extensions & bit:
+    if not conversation.peer_extensions & EXT_ENV:
         raise ValueError("this server does not accept environment variables (env=)")
-    return [request(name, value) for name, value in env.items()]
+    return [EnvRequest(name, value.encode("utf-8", "surrogateescape"))
+            for name, value in env.items()]
 
 
 def _parse_destination(destination: str, port: int | None, path: str | None,

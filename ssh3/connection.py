@@ -43,8 +43,9 @@ EXT_TCP_BY_NAME = 0x8
 # remote forwarding (-R): `reverse-tcp-listen@ssh3-py` channels are accepted and the
 # server opens `reverse-tcp@ssh3-py` channels back (docs/extensions.md)
 EXT_REVERSE_TCP = 0x10
+EXT_ENV = 0x20  # the `env` channel request is understood (docs/extensions.md)
 OUR_EXTENSIONS = (EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME
-                  | EXT_REVERSE_TCP)
+                  | EXT_REVERSE_TCP | EXT_ENV)
 # (server) channels sent right behind the CONNECT, before its 200, are held until
 # authentication ends (ssh3/aio/early.py); a client announces nothing with it
 EXT_EARLY_CHANNELS = 0x40

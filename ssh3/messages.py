@@ -325,6 +325,19 @@ class ReverseTcpBoundRequest(ChannelRequest):
     want_reply: bool = False
 
 
+@register_request
+@dataclass(frozen=True, slots=True)
+class EnvRequest(ChannelRequest):
+    """`env` (extension EXT_ENV, docs/extensions.md): one environment variable for
+    the session's process, sent before pty-req/shell/exec. Never sent to a peer
+    that did not announce the bit: the reference ends the conversation (Q2)."""
+
+    request_type: ClassVar[str] = "env"
+    name: str
+    value: bytes  # opaque, like an exec command line: need not be UTF-8
+    want_reply: bool = False
+
+
 Message: TypeAlias = (
     ChannelOpenConfirmation
     | ChannelOpenFailure
@@ -659,6 +672,7 @@ __all__ = [
     "ChannelOpenFailure",
     "ChannelRequest",
     "ExecRequest",
+    "EnvRequest",
     "ExitSignalRequest",
     "ExitStatusRequest",
     "Message",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 # imports cost start-up time on every run: what only some runs need (asyncio and
 # the QUIC stack, forwarding, SOCKS, -W) is imported where it is used
-import contextlib
 import getpass
-import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .records import field, record  # not dataclasses: start-up time (records.py)
 
 USAGE = """\
 usage: ssh3 [flags] [user@]host[:port][/path] [command ...]
@@ -39,7 +38,13 @@ flags:
                        UserKnownHostsFile=FILE, IdentitiesOnly=yes (no agent keys
                        but those of the key files), IdentityAgent=SOCKET|none,
                        BatchMode=yes, NumberOfPasswordPrompts=N,
-                       ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3)
+                       ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3),
+                       SendEnv=PATTERNS, SetEnv=NAME=VALUE (sent to ssh3-py servers),
+                       ControlMaster=yes|no|auto, ControlPath=PATH, ControlPersist=
+                       yes|no|TIME (connection multiplexing: docs/multiplexing.md)
+  -M                   be a multiplexing master (ControlMaster=yes)
+  -S PATH              control socket (ControlPath)
+  -O check|exit|stop   ask the multiplexing master at the ControlPath
   -L [BIND:]PORT:HOST:HOSTPORT  forward local TCP port PORT to HOST:HOSTPORT through
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
@@ -85,27 +90,29 @@ _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v":
                # OpenSSH's, which sftp/scp/rsync/git pass (getopt style, bundled too)
                "-n": "null_stdin", "-q": "quiet", "-s": "subsystem", "-G": "print_config",
                "-V": "version"}
-_VALUE_FLAGS.update({"-F": "config_file", "-e": "escape_char"})
+_VALUE_FLAGS.update({"-F": "config_file", "-e": "escape_char",
+                     "-O": "mux_command", "-S": "control_path"})
+_BOOL_FLAGS["-M"] = "master"
 # OpenSSH flags that change nothing for ssh3: QUIC/TLS chooses ciphers and MACs,
 # there is no X11 forwarding to turn off (-x, -a), compression is not negotiated
 _IGNORED_BOOL = {"-x", "-a", "-C", "-4", "-6", "-k", "-K", "-g", "-y", "-1", "-2"}
-_IGNORED_VALUE = {"-c", "-m", "-E", "-S", "-B"}
+_IGNORED_VALUE = {"-c", "-m", "-E", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
 _UNSUPPORTED = {"-J": "jump hosts (-J)",
-                "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
+                "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
-                "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
+                "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-J", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-J", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
     pass
 
 
-@dataclass
+@record
 class Args:
     identities: list[str] = field(default_factory=list)
     pubkeys_for_agent: list[str] = field(default_factory=list)
@@ -144,6 +151,12 @@ class Args:
     stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
     warnings: list[str] = field(default_factory=list)
+    send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
+    set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
+    master: int = 0  # -M count (ControlMaster=yes; -MM is ask, treated as auto)
+    mux_command: str | None = None  # -O check|exit|stop
+    mux: object = None  # ssh3_client.mux_client.Plan when this run is the master
+    mux_ready_fd: int | None = None  # background master: tell the foreground when ready
 
 
 def parse_args(argv: list[str]) -> Args:
@@ -160,7 +173,7 @@ def parse_args(argv: list[str]) -> Args:
         if name.startswith("--") and name not in _BOOL_FLAGS:
             name = name[1:]
         if name in _BOOL_FLAGS and not eq:
-            setattr(args, _BOOL_FLAGS[name], True)
+            _set_flag(args, _BOOL_FLAGS[name])
             i += 1
             continue
         if name in _VALUE_FLAGS:
@@ -207,7 +220,7 @@ def _parse_bundle(args: Args, argv: list[str], i: int) -> int:
         if flag in _UNSUPPORTED and flag not in _BOOL_FLAGS and flag not in _VALUE_FLAGS:
             raise UsageError(f"{_UNSUPPORTED[flag]} is not supported by ssh3")
         if flag in _BOOL_FLAGS:
-            setattr(args, _BOOL_FLAGS[flag], True)
+            _set_flag(args, _BOOL_FLAGS[flag])
         elif flag in _VALUE_FLAGS:
             _set_value(args, _VALUE_FLAGS[flag], value)
         elif flag in _WARN_BOOL:
@@ -217,6 +230,11 @@ def _parse_bundle(args: Args, argv: list[str], i: int) -> int:
         elif flag not in _IGNORED_BOOL and flag not in _IGNORED_VALUE:
             raise UsageError(f"unknown flag {flag}" + (f" in {arg}" if len(arg) > 2 else ""))
     return i + 1
+
+
+def _set_flag(args: Args, key: str) -> None:
+    # -M counts (-MM: ControlMaster ask); the other flags are plain booleans
+    setattr(args, key, args.master + 1 if key == "master" else True)
 
 
 def _set_value(args: Args, key: str, value: str) -> None:
@@ -254,6 +272,8 @@ def _set_value(args: Args, key: str, value: str) -> None:
             args.stdio_forward = parse_stdio_target(value)
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
+    elif key == "control_path":  # -S: ControlPath, before the config's
+        args.options.setdefault("controlpath", value)
     elif key == "pubkey_for_agent":
         args.pubkeys_for_agent.append(value)
     elif key == "port":
@@ -273,7 +293,7 @@ def _set_value(args: Args, key: str, value: str) -> None:
         setattr(args, key, value)
 
 
-@dataclass
+@record
 class Target:
     host: str
     port: int
@@ -319,6 +339,7 @@ async def _run(args: Args, target: Target) -> int:
     from .identities import load_identities
     from .keepalive import KeepaliveError, run_with_keepalive
     from .keepalive import settings as keepalive_settings
+    from .mux_master import MuxRole
     from .reverse_forwarding import RemoteForwarding
     from .session import SessionRequest, run_session
 
@@ -332,6 +353,7 @@ async def _run(args: Args, target: Target) -> int:
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier)
+    mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
     if args.no_tty:
@@ -339,10 +361,17 @@ async def _run(args: Args, target: Target) -> int:
     if args.subsystem and command is None:
         print("ssh3: -s needs a subsystem name", file=sys.stderr)
         return 255
+    from .environment import EnvError, collect
+
+    try:
+        env = collect(args.send_env, args.set_env)
+    except EnvError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""),
                              forward_agent=args.forward_agent, subsystem=args.subsystem,
                              escape_char=parse_escape_char(args.escape_char),
-                             host=target.host, quiet=args.quiet)
+                             host=target.host, quiet=args.quiet, env=env)
     try:
         keepalive_settings(args.options)  # bad values fail before connecting
     except KeepaliveError as exc:
@@ -351,18 +380,24 @@ async def _run(args: Args, target: Target) -> int:
     # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
-        async with open_connection(params) as protocol:
+        async with open_connection(params) as protocol, mux:
             # server-opened channels: agent connections with -A, reset otherwise
             def agent_channels(conv: Conversation) -> None:
                 AgentChannels(conv, args.forward_agent, agent_socket(args.options))
 
+            # not in a background master (ControlPersist), which runs no session itself
             early = EarlySession(request, stdin_fd, agent_channels) if plain_session(
                 args.no_command, args.stdio_forward, [*args.forwards, *args.remote_forwards],
-                args.dynamic) else None
-            conv = await establish(protocol, params, early=early.open if early else None)
+                args.dynamic) and mux.ready_fd is None else None
+            conv = await establish(protocol, mux.params,
+                                   early=early.open if early else None)
             if early is None or not early.used_on(conv):
                 agent_channels(conv)
             await wait_settings(protocol)
+            if await mux.start(protocol, conv, agent_socket(args.options)):
+                # a background master (ControlPersist): serve until idle or -O exit
+                return await run_with_keepalive(protocol, mux.serve(), args.options,
+                                                target.host)
 
             async def work() -> int:
                 channel = early.channel_for(conv) if early is not None else None
@@ -391,7 +426,8 @@ async def _run(args: Args, target: Target) -> int:
                                              channel=channel)
 
             # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
-            return await run_with_keepalive(protocol, work(), args.options, target.host)
+            return await run_with_keepalive(protocol, mux.after(work()), args.options,
+                                            target.host)
     except ForwardError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
@@ -426,7 +462,19 @@ async def _run_until_hangup(args: Args, target: Target) -> int:
         raise
 
 
+def _bad_escape(args: Args) -> bool:
+    from .escape import parse_escape_char
+
+    try:
+        parse_escape_char(args.escape_char)  # -e or EscapeChar
+    except ValueError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the `ssh3` program, not a caller in the same process
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = parse_args(argv)
@@ -458,28 +506,36 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
-    from .escape import parse_escape_char
-
-    try:
-        parse_escape_char(args.escape_char)  # -e or EscapeChar
-    except ValueError as exc:
-        print(f"ssh3: {exc}", file=sys.stderr)
-        return 255
     if args.print_config:  # ssh -G (git probes with it to pick its OpenSSH variant)
+        if _bad_escape(args):
+            return 255
         print(dump(resolved, args, args.hostname or args.target), end="")
         return 0
     if not args.quiet:
         for warning in args.warnings:
             print(f"ssh3: {warning}", file=sys.stderr)
-    logging.basicConfig(level=logging.DEBUG if args.verbose
-                        else logging.ERROR if args.quiet else logging.WARNING,
-                        format="ssh3: %(name)s: %(message)s")
     try:
         target = parse_target(args.target, args)
     except UsageError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
+    # multiplexing first, before asyncio, logging and QUIC are imported (mux_cli.py)
+    from .mux_cli import before_connect, fast_exit
+
+    mux_code = before_connect(args, target.host)
+    if mux_code is not None:
+        if own_process:
+            fast_exit(mux_code)
+        return mux_code
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose
+                        else logging.ERROR if args.quiet else logging.WARNING,
+                        format="ssh3: %(name)s: %(message)s")
+    if _bad_escape(args):
+        return 255
     import asyncio
+    from contextlib import suppress
 
     try:
         code = asyncio.run(_run_until_hangup(args, target))
@@ -487,10 +543,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except BrokenPipeError:
         # our stdout went away (`ssh3 host cmd | head`): stop quietly
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         return 255
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         sys.stdout.flush()
     return code
 

@@ -35,16 +35,22 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
-import glob
-import logging
 import os
 import shlex
-import socket
-from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
-log = logging.getLogger("ssh3.config")
+from .records import field, record  # not dataclasses: start-up time (records.py)
+
+TYPE_CHECKING = False  # typing itself costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def _warn(fmt: str, *args: object) -> None:
+    # logging is imported only when there is something to say (start-up time)
+    import logging
+
+    logging.getLogger("ssh3.config").warning(fmt, *args)
 
 USER_CONFIG = "~/.ssh/config"
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
@@ -52,6 +58,8 @@ MAX_INCLUDE_DEPTH = 16  # readconf.c's READCONF_MAX_DEPTH
 MULTI_VALUED = frozenset({"identityfile", "certificatefile", "localforward", "sendenv",
                           "remoteforward", "dynamicforward", "setenv"})
 JOINED = frozenset({"localforward", "remoteforward", "sendenv", "setenv"})
+# lists whose words are separate entries (quotes keep a value with spaces whole)
+TOKEN_LISTS = frozenset({"sendenv", "setenv"})
 PATH_OPTIONS = frozenset({"identityfile", "userknownhostsfile", "identityagent",
                           "certificatefile", "controlpath"})
 
@@ -100,7 +108,7 @@ def split_line(line: str) -> tuple[str, list[str]] | None:
     return key.lower(), values
 
 
-@dataclass
+@record
 class Resolved:
     """The options for one destination: lower-cased keyword → values in order of
     precedence (first value wins for single-valued options)."""
@@ -135,7 +143,7 @@ class _Reader:
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
+            _warn("cannot read %s: %s", path, exc)
             return
         active = True  # options before the first Host/Match apply to every host
         for lineno, line in enumerate(lines, 1):
@@ -154,8 +162,11 @@ class _Reader:
                 continue
             elif key == "include":
                 self._include(values, base_dir, depth, path, lineno)
+            elif values and key in TOKEN_LISTS:
+                for value in values:  # SetEnv FOO="a b" BAR=c: one entry per word
+                    self.resolved.add(key, value)
             elif values:
-                # forwards and env lists take several words; the rest one value
+                # forwards take several words; the rest one value
                 value = " ".join(values) if key in JOINED else values[0]
                 self.resolved.add(key, value)
 
@@ -167,6 +178,8 @@ class _Reader:
             pattern = os.path.expanduser(value) if value.startswith("~") else value
             if not os.path.isabs(pattern):
                 pattern = os.path.join(base_dir, pattern)
+            import glob  # only configs with Include need it
+
             for included in sorted(glob.glob(pattern)):
                 self.read_file(included, base_dir, depth + 1)
 
@@ -196,7 +209,7 @@ class _Reader:
                     subject = self.local_user
                 ok = match_pattern_list(subject, patterns)
             else:
-                log.warning("%s line %d: Match %s is not supported: the block is ignored",
+                _warn("%s line %d: Match %s is not supported: the block is ignored",
                             path, lineno, criterion)
                 return False
             if negate:
@@ -252,7 +265,15 @@ def resolve(host: str, *, config_file: str | None = None,
     local_user = local_user or getpass.getuser()
     resolved = Resolved()
     for key, value in (options or {}).items():
-        resolved.add(key, value)
+        if key in TOKEN_LISTS:
+            try:
+                words = shlex.split(value)
+            except ValueError as exc:
+                raise ConfigError(f"bad quoting in -o {key}: {value!r}") from exc
+            for word in words:
+                resolved.add(key, word)
+        else:
+            resolved.add(key, value)
     if user is not None:
         resolved.options["user"] = [user]
     if port is not None:
@@ -270,9 +291,17 @@ def _expand_paths(resolved: Resolved, host: str, home: str, local_user: str) -> 
     hostname = expand_hostname(resolved.get("hostname") or host, host)
     if "hostname" in resolved.options:
         resolved.options["hostname"] = [hostname]
+    local_host = os.uname().nodename  # = socket.gethostname(), without importing socket
     tokens = {"h": hostname, "n": host, "p": resolved.get("port") or "443",
               "r": resolved.get("user") or local_user, "u": local_user, "d": home,
-              "l": socket.gethostname().split(".")[0], "i": str(os.getuid())}
+              "l": local_host.split(".")[0], "L": local_host.split(".")[0],
+              "i": str(os.getuid())}
+    if any("%C" in v for vs in resolved.options.values() for v in vs):
+        import hashlib  # start-up matters for multiplexed runs: only when used
+
+        # %C: OpenSSH's hash of %l%h%p%r (a short, unique ControlPath name)
+        tokens["C"] = hashlib.sha1((tokens["l"] + hostname + tokens["p"] + tokens["r"])
+                                   .encode()).hexdigest()
     for key in PATH_OPTIONS & resolved.options.keys():
         expanded = []
         for value in resolved.options[key]:
@@ -349,6 +378,17 @@ def apply_to_args(args: Any) -> Resolved:
                 args.forwards.append(parse_local_forward(local_forward_spec(value)))
             except ForwardError as exc:
                 raise ConfigError(f"LocalForward {value!r}: {exc}") from None
+    if not args.forward_agent and _yes(resolved.get("forwardagent")):
+        args.forward_agent = True  # -A from the config (a socket path is not supported)
+    if resolved.get_all("dynamicforward") and not _yes(resolved.get("clearallforwardings")):
+        from .forwarding import ForwardError
+        from .socks import parse_dynamic_forward
+
+        for value in resolved.get_all("dynamicforward"):
+            try:
+                args.dynamic.append(parse_dynamic_forward(value))
+            except ForwardError as exc:
+                raise ConfigError(f"DynamicForward {value!r}: {exc}") from None
     if not args.force_tty and not args.no_tty:
         request_tty = (resolved.get("requesttty") or "auto").lower()
         if request_tty == "no":
@@ -361,6 +401,9 @@ def apply_to_args(args: Any) -> Resolved:
         args.verbose = level.startswith("debug")
     if args.escape_char is None:
         args.escape_char = resolved.get("escapechar")
+    # SendEnv patterns and SetEnv NAME=VALUE words (ssh3_client/environment.py)
+    args.send_env = resolved.get_all("sendenv")
+    args.set_env = resolved.get_all("setenv")
     for key in ("proxyjump", "proxycommand", "udpproxyjump"):
         value = resolved.get(key)
         if value and value.lower() != "none":

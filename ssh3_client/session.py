@@ -9,17 +9,18 @@ import os
 import signal
 import sys
 import termios
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ssh3.aio.channel import Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
-from ssh3.connection import EXT_CHANNEL_EOF, EXT_WINDOW_CHANGE
+from ssh3.connection import EXT_CHANNEL_EOF, EXT_ENV, EXT_WINDOW_CHANGE
 from ssh3.messages import (
     ChannelData,
     ChannelExtendedData,
     ChannelOpenConfirmation,
     ChannelOpenFailure,
+    EnvRequest,
     ExecRequest,
     ExitSignalRequest,
     ExitStatusRequest,
@@ -52,6 +53,8 @@ class SessionRequest:
     escape_char: int | None = None
     host: str = ""  # for "Connection to HOST closed." after ~.
     quiet: bool = False
+    # SendEnv/SetEnv (ssh3_client/environment.py): `env` requests, only with EXT_ENV
+    env: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _signal_number(name: str) -> int | None:
@@ -64,10 +67,18 @@ def _signal_number(name: str) -> int | None:
 def open_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0) -> Channel:
     """Open the session channel and queue its requests (no waiting: this also runs
     right behind the CONNECT, before its answer, with EXT_EARLY_CHANNELS)."""
+    extensions = conv.peer_extensions
     channel = conv.open_channel("session")
     size = terminal_size(stdin_fd) if request.pty else None
     if request.forward_agent:
         channel.send(ChannelData(b"forward-agent"))
+    if request.env:
+        if extensions & EXT_ENV:
+            for name, value in request.env:
+                channel.send(EnvRequest(name, value))
+        else:
+            log.debug("server did not announce the env extension: SendEnv/SetEnv (%s) "
+                      "not sent", ", ".join(name for name, _ in request.env))
     if request.pty:
         columns, rows = size or (80, 24)
         channel.send(PtyRequest(request.term, columns, rows, 0, 0, b"", want_reply=True))
@@ -82,16 +93,22 @@ def open_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0)
 
 async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
                       stdout_fd: int = 1, stderr_fd: int = 2, forwarding: Any = None,
-                      dynamic: Any = None, channel: Channel | None = None) -> int:
+                      dynamic: Any = None, channel: Channel | None = None,
+                      stdin_reader: Any = None, on_resize: Any = None) -> int:
     """Run one session to its end and return the exit code the program should use.
-    `channel`: the session channel `open_session` opened already (early)."""
+
+    `channel`: the session channel `open_session` opened already (early).
+    `stdin_reader` replaces the StdinReader of `stdin_fd` (the mux master reads a
+    client's fd without a thread that could outlive the session); `on_resize`,
+    if given, is called with the window-change function instead of catching
+    SIGWINCH here (the mux client relays its SIGWINCH)."""
     loop = asyncio.get_running_loop()
     extensions = conv.peer_extensions
     if channel is None:
         channel = open_session(conv, request, stdin_fd)
     size = terminal_size(stdin_fd) if request.pty else None
 
-    stdin = StdinReader(stdin_fd, loop)
+    stdin = stdin_reader if stdin_reader is not None else StdinReader(stdin_fd, loop)
     stdin.start()
     tty_in = request.pty and os.isatty(stdin_fd)
     cooked = None
@@ -145,7 +162,9 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
 
     stdin_task = asyncio.ensure_future(pump_stdin())
     winch = request.pty and size is not None and bool(extensions & EXT_WINDOW_CHANGE)
-    if winch:
+    if winch and on_resize is not None:
+        on_resize(on_winch)
+    elif winch:
         loop.add_signal_handler(signal.SIGWINCH, on_winch)
     raw = raw_mode(stdin_fd) if request.pty and os.isatty(stdin_fd) else contextlib.nullcontext()
     output: asyncio.Future[int] | None = None
@@ -174,7 +193,9 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
     finally:
         if output is not None:
             output.cancel()
-        if winch:
+        if winch and on_resize is not None:
+            on_resize(None)
+        elif winch:
             loop.remove_signal_handler(signal.SIGWINCH)
         stdin_task.cancel()
         with contextlib.suppress(BaseException):
@@ -188,12 +209,12 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
             msg = await channel.read()  # type: ignore[attr-defined]
         except ChannelClosed as exc:
             _error(f"subsystem {subsystem!r} refused: {exc}" if subsystem is not None
-                   else f"session ended without an exit status: {exc}")
+                   else f"session ended without an exit status: {exc}", stderr_fd)
             return EXIT_ERROR
         if msg is None:
             _error(f"subsystem {subsystem!r} refused: the server closed the session"
                    if subsystem is not None
-                   else "the server closed the session without an exit status")
+                   else "the server closed the session without an exit status", stderr_fd)
             return EXIT_ERROR
         if isinstance(msg, ChannelData):
             write_all(stdout_fd, msg.data)
@@ -208,7 +229,8 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
                       " (core dumped)" if msg.core_dumped else "")
             return 128 + signum if signum is not None else EXIT_ERROR
         elif isinstance(msg, ChannelOpenFailure):
-            _error(f"the server refused the session: {msg.message} (reason {msg.reason_code})")
+            _error(f"the server refused the session: {msg.message} (reason {msg.reason_code})",
+                   stderr_fd)
             return EXIT_ERROR
         elif isinstance(msg, ChannelOpenConfirmation):
             continue
@@ -216,7 +238,9 @@ async def _read_output(channel: object, stdout_fd: int, stderr_fd: int,
             log.debug("ignoring %s on the session channel", type(msg).__name__)
 
 
-def _error(text: str) -> None:
+def _error(text: str, fd: int = 2) -> None:
+    # to the session's stderr: a mux master's own stderr is not the user's
     with contextlib.suppress(OSError):
-        sys.stderr.write(f"ssh3: {text}\n")
-        sys.stderr.flush()
+        if fd == 2:
+            sys.stderr.flush()
+        write_all(fd, f"ssh3: {text}\n".encode())

@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run COMMAND (with the user's shell, like exec) for subsystem NAME; "
                         "repeatable; an empty COMMAND removes NAME (default: sftp=the "
                         "system's sftp-server when installed)")
+    p.add_argument("-accept-env", default="LANG LC_*", metavar="PATTERNS",
+                   help="environment variables a client may set (SendEnv/SetEnv), like "
+                        "sshd's AcceptEnv; space-separated, * and ? wildcards; "
+                        "default \"LANG LC_*\"; \"\" accepts none")
+    p.add_argument("-extensions-mask", type=lambda v: int(v, 0), default=None,
+                   metavar="BITS", help="announce only these ssh3-py extension bits "
+                   "(testing: behave like an older or reference peer)")
     p.add_argument("-quic-backend", choices=BACKENDS, default=None,
                    help="QUIC library: aioquic (default) or qh3 (also $SSH3_QUIC_BACKEND)")
     p.add_argument("-v", action="store_true", help="debug logging on stderr")
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ssh3-server: the {what} file {path} does not exist: give -cert/-key, or "
                   "-generate-selfsigned-cert to create a pair", file=sys.stderr)
             return 1
+    from .environment import parse_accept_env
     from .penalties import PenaltyPolicy, parse_networks
     from .server import ServerConfig
     from .sessions import default_subsystems
@@ -197,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                           gateway_ports=args.gateway_ports,
                           subsystems=subsystems,
                           permit_user_environment=args.permit_user_environment,
-                          trusted_user_ca_keys=args.trusted_user_ca_keys)
+                          trusted_user_ca_keys=args.trusted_user_ca_keys,
+                          accept_env=parse_accept_env(args.accept_env))
+    if args.extensions_mask is not None:
+        config.extensions &= args.extensions_mask
+
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(config))

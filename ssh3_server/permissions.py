@@ -28,6 +28,8 @@ class Permissions:
     forced_command: str | None = None
     # authorized_keys environment= (only kept when the server enables it)
     environment: tuple[tuple[str, str], ...] = ()
+    # AcceptEnv patterns for the `env` request (-accept-env; ssh3_server/environment.py)
+    accept_env: tuple[str, ...] = ("LANG", "LC_*")
 
     def narrowed(self, **changes: object) -> Permissions:
         """A copy with `changes`; booleans can only go from True to False."""

@@ -14,7 +14,13 @@ from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.backends import Backend, get_backend
-from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
+from ssh3.connection import (
+    EXT_EARLY_CHANNELS,
+    H3_NO_ERROR,
+    H3_REQUEST_INCOMPLETE,
+    OUR_EXTENSIONS,
+    RequestReceived,
+)
 from ssh3.messages import (
     REVERSE_LISTEN_CHANNEL_TYPE,
     ChannelOpenConfirmation,
@@ -74,6 +80,10 @@ class ServerConfig:
     gateway_ports: bool = False
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
+    # -accept-env: names a client may set with `env` (EXT_ENV)
+    accept_env: tuple[str, ...] = ("LANG", "LC_*")
+    # -extensions-mask: the extension bits announced (fewer: behave like an older peer)
+    extensions: int = OUR_EXTENSIONS | EXT_EARLY_CHANNELS
 
 
 Headers = list[tuple[bytes, bytes]]
@@ -84,11 +94,12 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
-    early_channels = True  # EXT_EARLY_CHANNELS: hold channels sent before the 200
-
     def __init__(self, config: ServerConfig, hooks: ServerHooks | None = None) -> None:
         self.config = config
         self.hooks = hooks or ServerHooks()  # defaults: today's behaviour
+        self.extensions = config.extensions  # read by SSH3Protocol.setup
+        # EXT_EARLY_CHANNELS: hold channels sent before the 200 (unless masked)
+        self.early_channels = bool(config.extensions & EXT_EARLY_CHANNELS)
         self.backend: Backend = get_backend(config.backend)
         self._server: object | None = None
         self._tickets: dict[bytes, object] = {}
@@ -112,7 +123,8 @@ class SSH3Server(ProtocolHandler):
         return Permissions(allow_agent_forwarding=self.config.allow_agent_forwarding,
                            allow_tcp_forwarding=self.config.allow_tcp_forwarding,
                            allow_udp_forwarding=self.config.allow_udp_forwarding,
-                           allow_remote_forwarding=self.config.allow_remote_forwarding)
+                           allow_remote_forwarding=self.config.allow_remote_forwarding,
+                           accept_env=self.config.accept_env)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -17,6 +17,7 @@ from ssh3.messages import (
     ChannelData,
     ChannelExtendedData,
     ChannelOpenFailure,
+    EnvRequest,
     ExecRequest,
     ExitSignalRequest,
     ExitStatusRequest,
@@ -29,6 +30,7 @@ from ssh3.messages import (
 )
 
 from .agent_forwarding import FORWARD_AGENT_DATA, AgentForwarder
+from .environment import EnvCollector
 from .permissions import Permissions
 from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn
 
@@ -104,6 +106,8 @@ class Session:
         self.exit_sent = asyncio.Event()
         self.agent: AgentForwarder | None = None
         self._pty_refused = False
+        self.env = EnvCollector(ctx.permissions.accept_env,
+                                f"session {channel.channel_id} of {ctx.user.name}")
 
     @property
     def larval(self) -> bool:
@@ -189,6 +193,13 @@ class Session:
                                 msg.pixel_width, msg.pixel_height)
             elif self.pty is not None:
                 self.pty.columns, self.pty.rows = msg.char_width, msg.char_height
+        elif isinstance(msg, EnvRequest):
+            # like sshd: only before the process starts, only names AcceptEnv allows
+            if self.larval:
+                self.env.offer(msg.name, msg.value)
+            else:
+                log.debug("session %d: env %r after the session started: ignored",
+                          self.channel.channel_id, msg.name)
         elif isinstance(msg, SignalRequest):
             if self.child is None:
                 raise SessionError("signal before the session started")
@@ -255,8 +266,10 @@ class Session:
         if self._pty_refused:
             self.channel.send(ChannelExtendedData(1, b"PTY allocation request failed\r\n"))
         env = build_environment(user, self.pty.term if self.pty else None, {
-            # environment= of the key (only kept when the server permits it) first:
-            # what the server sets itself must win
+            # the client's (filtered: a protected name only if accepted literally),
+            # then the key's environment= (only kept when the server permits it),
+            # then what the server sets itself, which wins
+            **self.env.accepted,
             **dict(self.ctx.permissions.environment),
             "SSH3_CONNECTION": f"{self.ctx.peer} {self.ctx.local}",
             **self.ctx.extra_env,

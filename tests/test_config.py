@@ -154,3 +154,98 @@ def test_openssh_argument_shapes() -> None:
     for bad in (["-R", "1:h", "h"], ["-Z", "h"], ["-nZ", "h"], ["-J", "jump", "h"]):
         with pytest.raises(UsageError):
             parse_args(bad)
+
+
+def test_every_option_of_the_issue(tmp_path: Path) -> None:
+    """One config file with every option ssh3 reads (issue 5): each lands where the
+    client uses it. ProxyJump, UDPProxyJump and RemoteForward are parsed here and
+    wired by their own features."""
+    from ssh3_client.environment import collect
+    from ssh3_client.mux_client import plan
+
+    path = cfg(tmp_path, """\
+Host box
+    HostName 10.1.2.3
+    User alice
+    Port 4433
+    IdentityFile ~/.ssh/box_key
+    IdentitiesOnly yes
+    URLPath /secret-path
+    UDPProxyJump jumpbox
+    ProxyJump bastion
+    LocalForward 8080 localhost:80
+    RemoteForward 9090 localhost:90
+    DynamicForward 1080
+    ForwardAgent yes
+    ServerAliveInterval 5
+    ServerAliveCountMax 4
+    StrictHostKeyChecking accept-new
+    UserKnownHostsFile ~/kh_%h
+    SendEnv LANG LC_*
+    SendEnv EDITOR
+    SetEnv FOO="a b" BAR=c
+    RequestTTY force
+    EscapeChar ^A
+    ControlMaster auto
+    ControlPath ~/.ssh3/cm-%r@%h:%p-%C
+    ControlPersist 10m
+    LogLevel DEBUG2
+""")
+    args = parse_args(["-F", path, "box", "true"])
+    resolved = apply_to_args(args)
+    home = str(Path.home())
+    assert (args.hostname, args.user, args.port, args.url_path) == ("10.1.2.3", "alice", 4433,
+                                                                    "/secret-path")
+    assert args.identities == [f"{home}/.ssh/box_key"]
+    assert args.options["identitiesonly"] == "yes"
+    assert args.options["serveraliveinterval"] == "5"
+    assert args.options["serveralivecountmax"] == "4"
+    assert args.options["stricthostkeychecking"] == "accept-new"
+    assert args.options["userknownhostsfile"] == f"{home}/kh_10.1.2.3"
+    assert len(args.forwards) == 1 and args.forwards[0].listen_port == 8080
+    assert len(args.dynamic) == 1 and args.forward_agent
+    assert args.force_tty and args.escape_char == "^A" and args.verbose
+    assert resolved.get("proxyjump") == "bastion" and resolved.get("udpproxyjump") == "jumpbox"
+    assert resolved.get_all("remoteforward") == ["9090 localhost:90"]
+    assert args.send_env == ["LANG", "LC_*", "EDITOR"]
+    assert args.set_env == ["FOO=a b", "BAR=c"]
+    assert collect(args.send_env, args.set_env, {"LC_ALL": "C", "HOME": "/x"}) == [
+        ("LC_ALL", b"C"), ("FOO", b"a b"), ("BAR", b"c")]
+    mux = plan(args.options, args.master)
+    assert (mux.master, mux.persist) == ("auto", 600)
+    assert mux.path is not None and mux.path.startswith(f"{home}/.ssh3/cm-alice@10.1.2.3:4433-")
+    assert len(mux.path.rsplit("-", 1)[1]) == 40  # %C: a SHA-1 in hex
+
+
+def test_multiplexing_flags(tmp_path: Path) -> None:
+    args = parse_args(["-M", "-S", "/tmp/ctl-%h", "-O", "check", "box"])
+    assert (args.master, args.mux_command) == (1, "check")
+    apply_to_args(args)  # -S is a ControlPath: tokens expanded like the config's
+    assert args.options["controlpath"] == "/tmp/ctl-box"
+    assert parse_args(["-MM", "h"]).master == 2
+    args = parse_args(["-F", "none", "-o", "SetEnv=A=1 B='x y'", "-o", "SendEnv=LANG", "h"])
+    apply_to_args(args)
+    assert (args.set_env, args.send_env) == (["A=1", "B=x y"], ["LANG"])
+
+
+def test_records_behave_like_dataclasses() -> None:
+    """cli.Args / cli.Target / config.Resolved use ssh3_client.records (start-up)."""
+    from ssh3_client.cli import Args, Target
+    from ssh3_client.records import field, record
+
+    @record
+    class Point:
+        x: int
+        y: int = 0
+        tags: list[str] = field(default_factory=list)
+
+    a, b = Point(1), Point(1, 0)
+    assert a == b and a.tags == [] and a.tags is not b.tags
+    assert repr(Point(2, y=3)) == "Point(x=2, y=3, tags=[])"
+    assert Point(x=1, tags=["t"]).tags == ["t"] and Point(1) != Point(2)
+    for bad in (lambda: Point(), lambda: Point(1, 2, [], 4), lambda: Point(1, z=2),
+                lambda: Point(1, x=1)):
+        with pytest.raises(TypeError):
+            bad()
+    assert Args().identities == [] and Args().identities is not Args().identities
+    assert Target("h", 1, "/p", "u") == Target("h", 1, "/p", "u")

@@ -229,10 +229,11 @@ def test_unknown_message_type(mtype: int) -> None:
 
 def test_unknown_request_type() -> None:
     p = MessageParser()
-    wire = h("4062") + encode_string(b"env") + b"\x00" + encode_string(b"A") + encode_string(b"B")
+    # `env` is known now (extension EXT_ENV); auth-agent-req@openssh.com is not
+    wire = h("4062") + encode_string(b"auth-agent-req@openssh.com") + b"\x00"
     with pytest.raises(ProtocolError) as exc:
         p.feed(wire)
-    assert str(exc.value) == "unknown channel request type 'env'"
+    assert str(exc.value) == "unknown channel request type 'auth-agent-req@openssh.com'"
     # forward-port (§4.4) is not registered either
     with pytest.raises(ProtocolError, match="'forward-port'"):
         MessageParser().feed(h("4062 0c") + b"forward-port" + h("01 0401 0000 1f90 0000"))
@@ -308,25 +309,25 @@ def test_encode_rejects_out_of_range() -> None:
 
 
 def test_registry_extension() -> None:
-    assert "env" not in registered_request_types()
+    assert "xenv" not in registered_request_types()
     assert set(registered_request_types()) >= {
         "pty-req", "x11-req", "shell", "exec", "subsystem", "window-change", "signal",
-        "exit-status", "exit-signal",
+        "exit-status", "exit-signal", "env",
     }
 
     @dataclass(frozen=True)
-    class EnvRequest(ChannelRequest):
-        request_type: ClassVar[str] = "env"
+    class XEnvRequest(ChannelRequest):
+        request_type: ClassVar[str] = "xenv"
         name: str
         value: bytes
         want_reply: bool = False
 
-    msg = EnvRequest("LANG", b"C.UTF-8")
+    msg = XEnvRequest("LANG", b"C.UTF-8")
     wire = msg.encode()
-    assert wire == h("4062 03 656e76 00 04 4c414e47 07 432e5554462d38")
+    assert wire == h("4062 04 78656e76 00 04 4c414e47 07 432e5554462d38")
     # per-parser extension, leaves the global registry alone
-    assert MessageParser(extra_request_types=[EnvRequest]).feed(wire) == [msg]
-    with pytest.raises(ProtocolError, match="unknown channel request type 'env'"):
+    assert MessageParser(extra_request_types=[XEnvRequest]).feed(wire) == [msg]
+    with pytest.raises(ProtocolError, match="unknown channel request type 'xenv'"):
         MessageParser().feed(wire)
 
     @dataclass(frozen=True)

@@ -71,7 +71,10 @@ class SSH3ProtocolMixin:
         self.handler = handler
         is_client = bool(self._quic.configuration.is_client)
         self._hold_early = handler.early_channels and not is_client
-        extensions = c.OUR_EXTENSIONS | (c.EXT_EARLY_CHANNELS if self._hold_early else 0)
+        # a handler may announce fewer extensions (ssh3-server -extensions-mask)
+        extensions = getattr(handler, "extensions", c.OUR_EXTENSIONS)
+        if self._hold_early:
+            extensions |= c.EXT_EARLY_CHANNELS
         self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client,
                                            extensions=extensions)
         self.early: EarlyChannels[Channel] = EarlyChannels()
