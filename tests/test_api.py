@@ -62,6 +62,19 @@ def test_check_raises_and_unknown_hosts_are_refused(shared_server, user_key, tmp
     assert shared_server.known_hosts_line().split()[2] in known.read_text()  # remembered
 
 
+def test_env_reaches_the_process_and_only_accepted_names(connect):
+    """env= sends `env` requests (EXT_ENV); the server keeps only -accept-env names
+    (default LANG LC_*), like sshd's AcceptEnv."""
+
+    async def go() -> ssh3.CompletedProcess:
+        async with connect() as conn:
+            return await conn.run('echo "$LANG|$LC_TIME|${SSH3_NOT_ACCEPTED-unset}"',
+                                  env={"LANG": "C.UTF-8", "LC_TIME": "en_DK.UTF-8",
+                                       "SSH3_NOT_ACCEPTED": "x"})
+
+    assert run_async(go()).stdout == "C.UTF-8|en_DK.UTF-8|unset\n"
+
+
 def test_process_streams_interactively(connect):
     """A dialogue: each line written comes back before the next is sent; EOF ends
     the process; stderr is separate; iteration yields lines."""
