@@ -45,6 +45,9 @@ flags:
   -N                   no command or shell: only forward, until interrupted
   -e CHAR              escape character for ~. ~C ~? ... (default ~; ^X for a
                        control character; none disables); also EscapeChar
+  -J, -proxy-jump [USER@]HOST[:PORT][/PATH][,...]  reach the destination through
+                       these jump hosts in turn (QUIC carried end to end in a UDP
+                       channel of each); also ProxyJump/UDPProxyJump in the config
   -W HOST:PORT         stdio forwarding: no session; stdin/stdout are relayed to a TCP
                        connection to HOST:PORT made by the server (a ProxyCommand:
                        ssh -o ProxyCommand='ssh3 -W %h:%p jump/path' target)
@@ -62,7 +65,8 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-pubkey-for-agent": "pubkey_for_agent", "-l": "user", "-p": "port",
                 "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
-                "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward"}
+                "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward",
+                "-J": "proxy_jump", "-proxy-jump": "proxy_jump"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
                "-N": "no_command", "-use-password": "use_password",
@@ -79,12 +83,11 @@ _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
 _UNSUPPORTED = {"-R": "remote forwarding (-R)",
-                "-J": "jump hosts (-J)",
                 "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-R", "-J", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-R", "-O", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -122,6 +125,8 @@ class Args:
     print_config: bool = False  # -G
     stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
+    proxy_jump: str | None = None  # -J / -proxy-jump: [user@]host[:port][/path],...
+    command_line: tuple | None = None  # (-o options, -i keys) before the config
     warnings: list[str] = field(default_factory=list)
 
 
@@ -281,6 +286,7 @@ async def _run(args: Args, target: Target) -> int:
     )
     from ssh3.known_hosts import canonical_host, default_path
 
+    from . import proxyjump
     from .agent_forwarding import AgentChannels, agent_socket
     from .escape import parse_escape_char
     from .forwarding import ForwardError, Forwarding, forward_until_stopped
@@ -321,7 +327,14 @@ async def _run(args: Args, target: Target) -> int:
     # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
-        async with open_connection(params) as protocol:
+        hops = proxyjump.prepare(args)
+    except proxyjump.JumpSpecError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
+    try:
+        async with contextlib.AsyncExitStack() as jumps, \
+                open_connection(await proxyjump.chain_params(jumps, args, hops, params)) \
+                as protocol:
             conv = await establish(protocol, params)
             # server-opened channels: agent connections with -A, reset otherwise
             AgentChannels(conv, args.forward_agent, agent_socket(args.options))
@@ -400,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ssh3: -W runs no command: give either -W or a command", file=sys.stderr)
         return 255
     from .config import ConfigError, apply_to_args, dump
+    from .proxyjump import remember_command_line
 
+    remember_command_line(args)
     try:
         resolved = apply_to_args(args)
     except ConfigError as exc:

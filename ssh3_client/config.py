@@ -353,10 +353,10 @@ def apply_to_args(args: Any) -> Resolved:
         args.verbose = level.startswith("debug")
     if args.escape_char is None:
         args.escape_char = resolved.get("escapechar")
-    for key in ("proxyjump", "proxycommand", "udpproxyjump"):
-        value = resolved.get(key)
-        if value and value.lower() != "none":
-            args.warnings.append(f"{key} is not supported by ssh3: connecting directly")
+    # ProxyJump/UDPProxyJump are read by ssh3_client/proxyjump.py from args.options
+    value = resolved.get("proxycommand")
+    if value and value.lower() != "none":
+        args.warnings.append("proxycommand is not supported by ssh3: connecting directly")
     return resolved
 
 

@@ -76,6 +76,7 @@ class SSH3ProtocolMixin:
         self._write_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._http_waiters: dict[int, asyncio.Queue[c.Event]] = {}
         self.remote_address: Any = None
+        self._largest_received = 0
 
     # ------------------------------------------------------------ I/O hooks
 
@@ -85,6 +86,11 @@ class SSH3ProtocolMixin:
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self.remote_address is None:
             self.remote_address = addr
+        if len(data) > self._largest_received:
+            self._largest_received = len(data)
+            adopt = self.backend.adopt_packet_size
+            if adopt is not None:
+                adopt(self._quic, len(data))  # room to relay proxy-jump packets
         super().datagram_received(data, addr)  # type: ignore[misc]
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
@@ -125,6 +131,12 @@ class SSH3ProtocolMixin:
             timer.cancel()
             self._timer = None
         self._closed.set()  # type: ignore[attr-defined]
+
+    def tunnel_lost(self, reason: str) -> None:
+        """Our packets ride a jump host's channel (proxy jump) and it went away:
+        end as if the peer had closed, so that every waiter hears it now."""
+        self._dispatch(c.ConnectionTerminated(c.H3_NO_ERROR, reason))
+        self.close_now(reason=reason[:100])
 
     def transmit_soon(self) -> None:
         self._transmit_soon()  # type: ignore[attr-defined]

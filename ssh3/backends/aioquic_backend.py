@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import aioquic.asyncio
 import aioquic.h3.connection
 import aioquic.h3.events
 import aioquic.quic.configuration
+import aioquic.quic.connection
 import aioquic.quic.events
 import aioquic.tls
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import exporter
 from .base import Backend
+from .over import connect_over
+
+# quic-go reads at most 1452-byte UDP payloads; never grow beyond that
+MAX_ADOPTED_PACKET_SIZE = 1452
 
 
 def _send_buffer_size(quic: Any, stream_id: int) -> int:
@@ -58,6 +64,19 @@ def _consume(quic: Any, stream_id: int, nbytes: int) -> None:
     aioquic_flow.consume(quic, stream_id, nbytes)
 
 
+def _adopt_packet_size(quic: Any, size: int) -> None:
+    # aioquic has no path MTU discovery: its packets stay at max_datagram_size.
+    # A peer whose packets are bigger showed the path carries them; a jump host
+    # needs that room to relay the inner connection's packets (PROTOCOL.md §10.6)
+    size = min(size, MAX_ADOPTED_PACKET_SIZE)
+    if size > quic._max_datagram_size:
+        quic._max_datagram_size = size
+
+
+def _packet_size(quic: Any) -> int:
+    return int(quic._max_datagram_size)
+
+
 def make_backend() -> Backend:
     exporter.install(aioquic.tls)
     return Backend(
@@ -78,4 +97,7 @@ def make_backend() -> Backend:
         configure_client=_configure_client,
         install_receive_window=_install_receive_window,
         consume=_consume,
+        connect_over=functools.partial(connect_over, aioquic.quic.connection.QuicConnection),
+        adopt_packet_size=_adopt_packet_size,
+        packet_size=_packet_size,
     )

@@ -30,3 +30,12 @@ class Backend:
     configure_client: Callable[[Any], None]
     install_receive_window: Callable[[Any, int], None]
     consume: Callable[[Any, int, int], None]
+    # connect_over(transport, addr, configuration=, create_protocol=): an async
+    # context manager like `connect`, over a datagram transport we supply (proxy jump)
+    connect_over: Callable[..., Any] | None = None
+    # adopt_packet_size(quic, size): the peer sent a UDP payload of `size` bytes, so
+    # the path carries that much; a library without path MTU discovery may grow
+    # its packets up to it (a jump host must carry inner packets plus framing)
+    adopt_packet_size: Callable[[Any, int], None] | None = None
+    # packet_size(quic): the largest UDP payload this connection sends now
+    packet_size: Callable[[Any], int] | None = None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import qh3.asyncio
 import qh3.h3.connection
 import qh3.h3.events
 import qh3.quic.configuration
+import qh3.quic.connection
 import qh3.quic.events
 import qh3.tls
 from cryptography import x509
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import exporter
 from .base import Backend
+from .over import connect_over
 
 
 def _send_buffer_size(quic: Any, stream_id: int) -> int:
@@ -91,4 +94,10 @@ def make_backend() -> Backend:
         configure_client=_configure_client,
         install_receive_window=_install_receive_window,
         consume=lambda quic, stream_id, nbytes: None,
+        connect_over=functools.partial(connect_over, qh3.quic.connection.QuicConnection),
+        # qh3's native core probes the path MTU itself but does not expose what it
+        # reached, and fails the connection on a datagram bigger than that: judge
+        # datagram sizes by the configured packet size, which it never goes below
+        adopt_packet_size=None,
+        packet_size=lambda quic: int(quic.configuration.max_datagram_size),
     )
