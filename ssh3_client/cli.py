@@ -328,6 +328,7 @@ async def _run(args: Args, target: Target) -> int:
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
         hops = proxyjump.prepare(args)
+        params.connect_timeout = proxyjump.connect_timeout(args.options)
     except proxyjump.JumpSpecError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255

@@ -131,6 +131,20 @@ def resolve_hop(spec: HopSpec, args: Any) -> Hop:
     return Hop(spec, host, port, path, user, hop_args)
 
 
+def connect_timeout(options: dict[str, str], default: float = 15.0) -> float:
+    """OpenSSH's ConnectTimeout (seconds) for each QUIC handshake, hops included."""
+    value = (options or {}).get("connecttimeout")
+    if not value or value.lower() == "none":
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise JumpSpecError(f"bad ConnectTimeout {value!r}: expected seconds") from None
+    if seconds <= 0:
+        raise JumpSpecError(f"bad ConnectTimeout {value!r}: expected seconds")
+    return seconds
+
+
 def remember_command_line(args: Any) -> None:
     """Keep the command line's -o options and -i keys before the destination's
     configuration is merged into them: hops get these plus their own config."""
@@ -158,15 +172,17 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
     via_label = ""
     for index, hop in enumerate(hops):
         carried = len(hops) - index  # connections this one carries (the target too)
+        hop_backend = _hop_backend(backend, hop_packet_size(carried))
         known_hosts, strict = _host_key_policy(args)
         verifier = HostKeyVerifier(known_hosts, canonical_host(hop.host, hop.port, hop.path),
                                    strict, hostname=hop.host)
         try:
             identities = await load_identities(hop.args)
             params = ConnectParams(host=hop.host, port=hop.port, path=hop.path, user=hop.user,
-                                   identities=identities, backend=backend,
+                                   identities=identities, backend=hop_backend,
                                    insecure=getattr(args, "insecure", False),
                                    verify_certificate=verifier, via=via, via_label=via_label,
+                                   connect_timeout=connect_timeout(hop.args.options),
                                    max_datagram_size=hop_packet_size(carried))
             protocol = await stack.enter_async_context(open_connection(params))
             conv = await establish(protocol, params)
@@ -181,6 +197,23 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
         via, via_label = conv, hop.spec.text
     assert via is not None
     return via, via_label
+
+
+def _hop_backend(name: str | None, packet_size: int) -> str | None:
+    """The backend for a hop whose packets must be `packet_size` bytes. A server
+    that sizes its packets on the client's first Initial (ours on qh3) must see
+    one that big; a backend that pads its Initial to less (qh3: 1280) would leave
+    the hop too small to relay the next hop's packets in a chain, so aioquic,
+    which pads to its full packet size, carries that hop instead."""
+    from ssh3.aio.jump import HOP_OVERHEAD
+    from ssh3.backends import get_backend
+
+    cap = get_backend(name).initial_packet_cap
+    if cap is not None and packet_size > cap + HOP_OVERHEAD:
+        log.debug("hop packets of %d bytes: using aioquic (its first Initial shows the "
+                  "jump host that size)", packet_size)
+        return "aioquic"
+    return name
 
 
 def _host_key_policy(args: Any) -> tuple[str, str]:

@@ -12,7 +12,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel
 from ssh3.aio.conversation import Conversation
-from ssh3.aio.jump import RELAY_PACKET_SIZE
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.backends import Backend, get_backend
 from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
@@ -103,11 +102,6 @@ class SSH3Server(ProtocolHandler):
             max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
             idle_timeout=self.config.idle_timeout,
         )
-        if self.config.allow_udp_forwarding and self.backend.adopt_packet_size is None:
-            # a proxy-jump host relays packets of up to 1280 bytes plus framing
-            # (ssh3/aio/jump.py); a backend that cannot grow its packets per
-            # connection (qh3) starts big enough for that
-            cfg.max_datagram_size = max(cfg.max_datagram_size, RELAY_PACKET_SIZE)
         cfg.max_stream_data = 16 << 20
         cfg.max_data = 32 << 20
         cfg.load_cert_chain(self.config.cert_path, self.config.key_path)

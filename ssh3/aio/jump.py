@@ -26,16 +26,15 @@ if TYPE_CHECKING:
 HOP_OVERHEAD = 72
 
 __all__ = ["CARRIED_PACKET_SIZE", "HOP_OVERHEAD", "INNER_PACKET_SIZE", "MAX_PACKET_SIZE",
-           "RELAY_PACKET_SIZE", "TunnelError", "configure_inner",
+           "TunnelError", "configure_inner",
            "connect_via", "hop_packet_size", "timeout_message"]
 
 
-# the largest packet a host may send on a connection whose client asked for 1200:
-# qh3 starts at 1280 whatever the peer says, quic-go at 1252 (PROTOCOL.md §3.9)
+# the largest packet a target may send to a client whose packets are 1200 bytes:
+# our servers match the client's packet size (the backends' adopt_packet_size),
+# quic-go starts at 1252 (PROTOCOL.md §3.9), qh3 clients at 1280; what path MTU
+# discovery adds on top is probed, and a probe lost in the tunnel is harmless
 CARRIED_PACKET_SIZE = 1280
-# the packet size a jump host needs to relay such packets in one datagram each;
-# servers that forward UDP use at least this (ssh3_server/server.py)
-RELAY_PACKET_SIZE = CARRIED_PACKET_SIZE + HOP_OVERHEAD
 # quic-go reads at most 1452-byte UDP payloads
 MAX_PACKET_SIZE = 1452
 

@@ -87,16 +87,24 @@ class SSH3ProtocolMixin:
         if self.remote_address is None:
             self.remote_address = addr
         if len(data) > self._largest_received:
-            self._largest_received = len(data)
-            adopt = self.backend.adopt_packet_size
-            if adopt is not None:
-                adopt(self._quic, len(data))  # room to relay proxy-jump packets
+            self._adopt(len(data))
         super().datagram_received(data, addr)  # type: ignore[misc]
+
+    def _adopt(self, size: int) -> None:
+        # the peer's packets show how big ours may be: room to relay proxy-jump
+        # packets (ssh3/aio/jump.py) without path MTU discovery
+        self._largest_received = size
+        adopt = self.backend.adopt_packet_size
+        if adopt is not None:
+            adopt(self._quic, size)
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         # qh3's batched receive path
         if self.remote_address is None:
             self.remote_address = addr
+        largest = max((len(d) for d in data), default=0)
+        if largest > self._largest_received:
+            self._adopt(largest)
         super().datagrams_received(data, addr)  # type: ignore[misc]
 
     def transmit(self) -> None:

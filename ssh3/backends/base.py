@@ -39,3 +39,6 @@ class Backend:
     adopt_packet_size: Callable[[Any, int], None] | None = None
     # packet_size(quic): the largest UDP payload this connection sends now
     packet_size: Callable[[Any], int] | None = None
+    # a client's first Initial is padded to at most this many bytes (qh3: 1280),
+    # whatever its configured packet size: a server sizing itself on it learns less
+    initial_packet_cap: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -74,6 +75,27 @@ def _install_receive_window(quic: Any, window: int) -> None:
     return None
 
 
+# quic-go reads at most 1452-byte UDP payloads; never grow beyond that
+MAX_ADOPTED_PACKET_SIZE = 1452
+
+
+def _adopt_packet_size(quic: Any, size: int) -> None:
+    # qh3's native core takes its packet size from the configuration when it is
+    # created, on a server at the client's first Initial; it probes upward from
+    # there but never goes below. Starting at the size of the client's Initial
+    # (which clients pad to their packet size: 1200 for aioquic, 1280 for qh3,
+    # 1252 for quic-go, more for a proxy-jump hop) sends nothing bigger than the
+    # client does: a target behind a jump host keeps to the tunnel's 1200 bytes,
+    # and a jump host gets room to relay them (PROTOCOL.md §10.6)
+    if quic._core is not None or quic.configuration.is_client or size < 1200:
+        return
+    size = min(size, MAX_ADOPTED_PACKET_SIZE)
+    if size != quic.configuration.max_datagram_size:
+        configuration = copy.copy(quic.configuration)  # shared by all connections
+        configuration.max_datagram_size = size
+        quic._configuration = configuration
+
+
 def make_backend() -> Backend:
     exporter.install(qh3.tls)
     return Backend(
@@ -98,6 +120,7 @@ def make_backend() -> Backend:
         # qh3's native core probes the path MTU itself but does not expose what it
         # reached, and fails the connection on a datagram bigger than that: judge
         # datagram sizes by the configured packet size, which it never goes below
-        adopt_packet_size=None,
+        adopt_packet_size=_adopt_packet_size,
         packet_size=lambda quic: int(quic.configuration.max_datagram_size),
+        initial_packet_cap=1280,
     )
