@@ -96,6 +96,19 @@ def _adopt_packet_size(quic: Any, size: int) -> None:
         quic._configuration = configuration
 
 
+def _packet_size(quic: Any) -> int:
+    # qh3's native core probes the path MTU (from the configured size upward) and
+    # fails the connection on a datagram bigger than its current size, which the
+    # last field of `active_path` tells
+    core = quic._core
+    if core is not None:
+        try:
+            return int(core.active_path[5])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            pass
+    return int(quic.configuration.max_datagram_size)
+
+
 def make_backend() -> Backend:
     exporter.install(qh3.tls)
     return Backend(
@@ -117,10 +130,7 @@ def make_backend() -> Backend:
         install_receive_window=_install_receive_window,
         consume=lambda quic, stream_id, nbytes: None,
         connect_over=functools.partial(connect_over, qh3.quic.connection.QuicConnection),
-        # qh3's native core probes the path MTU itself but does not expose what it
-        # reached, and fails the connection on a datagram bigger than that: judge
-        # datagram sizes by the configured packet size, which it never goes below
         adopt_packet_size=_adopt_packet_size,
-        packet_size=lambda quic: int(quic.configuration.max_datagram_size),
+        packet_size=_packet_size,
         initial_packet_cap=1280,
     )
