@@ -133,3 +133,49 @@ def test_config_no_longer_warns_about_proxyjump(tmp_path: Path):
     args = _args(["target"], config)
     assert not any("proxyjump" in w for w in args.warnings)
     assert any("proxycommand" in w for w in args.warnings)
+
+
+def test_aioquic_server_grows_its_packets_to_the_clients(tmp_path: Path):
+    from quic_pair import Pair
+
+    from ssh3.backends import get_backend
+
+    backend = get_backend("aioquic")
+    p = Pair(tmp_path, "aioquic").handshake()
+    server, client = p.server.quic, p.client.quic
+    assert backend.packet_size(server) == 1200
+    backend.adopt_packet_size(server, 1352)
+    assert backend.packet_size(server) == 1352
+    backend.adopt_packet_size(server, 1300)  # never shrinks
+    assert backend.packet_size(server) == 1352
+    backend.adopt_packet_size(server, 9000)  # at most what quic-go reads
+    assert backend.packet_size(server) == MAX_PACKET_SIZE
+    backend.adopt_packet_size(client, 1400)  # a client keeps its own choice
+    assert backend.packet_size(client) == 1200
+    # and the bigger packets really go out: a datagram of the new limit passes
+    limit = p.server.conn.max_datagram_payload(0, 4)
+    assert limit > 1352 - 100
+    assert p.server.conn.send_datagram(0, 4, b"z" * limit)
+    p.exchange()
+    assert p.client.take()[-1].payload == b"z" * limit
+
+
+def test_qh3_server_starts_at_the_clients_initial_size(tmp_path: Path):
+    pytest.importorskip("qh3")
+    from quic_pair import _quic_class, certificate, server_configuration
+
+    from ssh3.backends import get_backend
+
+    backend = get_backend("qh3")
+    cert, key = certificate(tmp_path)
+    shared = server_configuration(backend, cert, key)
+    default = shared.max_datagram_size
+    quic = _quic_class(backend)(configuration=shared,
+                                original_destination_connection_id=b"12345678")
+    backend.adopt_packet_size(quic, 1352)
+    assert quic.configuration.max_datagram_size == 1352
+    assert shared.max_datagram_size == default  # other connections keep theirs
+    backend.adopt_packet_size(quic, 1200)  # before the core exists: the first one counts
+    assert quic.configuration.max_datagram_size == 1200
+    backend.adopt_packet_size(quic, 1100)  # not an Initial a server would accept
+    assert quic.configuration.max_datagram_size == 1200

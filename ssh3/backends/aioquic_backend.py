@@ -68,6 +68,8 @@ def _adopt_packet_size(quic: Any, size: int) -> None:
     # aioquic has no path MTU discovery: its packets stay at max_datagram_size.
     # A peer whose packets are bigger showed the path carries them; a jump host
     # needs that room to relay the inner connection's packets (PROTOCOL.md §10.6)
+    if quic.configuration.is_client:
+        return  # a client chooses its size (ConnectParams.max_datagram_size)
     size = min(size, MAX_ADOPTED_PACKET_SIZE)
     if size > quic._max_datagram_size:
         quic._max_datagram_size = size
