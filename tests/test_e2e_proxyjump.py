@@ -28,6 +28,7 @@ from e2e_helpers import (
     make_key,
     run_async,
     sha256,
+    wait_for,
 )
 
 _UDP_RE = re.compile(r"direct-udp for (\S+) from \S+ \d+ to ([\d.]+):(\d+) "
@@ -83,6 +84,12 @@ def test_command_runs_on_target_through_jump(start_server, make_client, jump_bac
     assert proc.stdout == b"on-target\n"
     assert_relayed(jump, target)
     assert re.search(r"session \d+: exec b'echo on-target; exit 7'", target.log())
+    # a clean end: the inner connection's CONNECTION_CLOSE went through the jump host
+    # before the outer connection closed (no idle timeout on either server)
+    for server in (target, jump):
+        assert wait_for(lambda s=server: re.search(
+            r"conversation \d+ for \S+ ended: connection closed \(0x100", s.log()), 10), \
+            server.log()
 
 
 def test_proxy_jump_flag_with_path_and_user(start_server, make_client):
