@@ -367,3 +367,29 @@ def test_library_jump_conversation_lost(start_server, user_key):
 
     reason = run_async(main())
     assert "jump host jumpy" in reason
+
+
+def test_library_jump_connection_too_small(start_server, user_key):
+    """A jump connection whose packets cannot hold an inner packet is refused at
+    once with the sizes, instead of a handshake that times out."""
+    from ssh3.aio.client import SSH3ClientError, establish, open_connection
+
+    jump = start_server("aioquic", name="jump")
+    target = start_server("aioquic", name="target")
+
+    async def main() -> str:
+        jump_params = library_params(jump, user_key, "aioquic")  # 1200-byte packets
+        async with open_connection(jump_params) as jump_protocol:
+            jump_conv = await establish(jump_protocol, jump_params)
+            params = library_params(target, user_key, "aioquic")
+            params.via, params.via_label = jump_conv, "small"
+            with pytest.raises(SSH3ClientError) as info:
+                async with open_connection(params):
+                    pass
+            assert not jump_protocol.channels  # no channel was opened
+            return str(info.value)
+
+    message = run_async(main(), timeout=10)
+    assert "jump host small: one QUIC datagram on that connection carries at most" in message
+    assert "needs 1200-byte packets" in message
+    assert "direct-udp" not in jump.log()
