@@ -254,7 +254,8 @@ def _spawn_server(argv: list[str], workdir: Path, log_path: Path) -> tuple[subpr
 
 
 def start_reference_server(bin_dir: Path, workdir: Path, url_path: str = URL_PATH,
-                           attempts: int = 3) -> ServerProcess:
+                           attempts: int = 3, extra_args: tuple[str, ...] = ()
+                           ) -> ServerProcess:
     """``ssh3-server -bind 127.0.0.1:PORT ... -generate-selfsigned-cert -v`` on a port
     we pick (it has no port 0 support); ready once the port is bound."""
     last_error = ""
@@ -265,7 +266,8 @@ def start_reference_server(bin_dir: Path, workdir: Path, url_path: str = URL_PAT
         port = pick_free_udp_port()
         log_path = run_dir / "server.log"
         argv = [str(bin_dir / REF_SERVER), "-bind", f"{HOST}:{port}", "-url-path", url_path,
-                "-cert", str(cert), "-key", str(key), "-generate-selfsigned-cert", "-v"]
+                "-cert", str(cert), "-key", str(key), "-generate-selfsigned-cert", "-v",
+                *extra_args]
         proc, log_file = _spawn_server(argv, run_dir, log_path)
         server = ServerProcess("ref", None, proc, port, url_path, cert, log_path, log_file)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -292,7 +294,8 @@ def start_reference_server(bin_dir: Path, workdir: Path, url_path: str = URL_PAT
 
 
 def start_our_server(backend: str, workdir: Path, url_path: str = URL_PATH,
-                     authorized_keys_file: Path | None = None) -> ServerProcess:
+                     authorized_keys_file: Path | None = None,
+                     extra_args: tuple[str, ...] = ()) -> ServerProcess:
     """Our ``ssh3-server`` on port 0; the port comes from its ``listening on`` line."""
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = workdir / "cert.pem", workdir / "priv.key"
@@ -301,6 +304,7 @@ def start_our_server(backend: str, workdir: Path, url_path: str = URL_PATH,
             "-cert", str(cert), "-key", str(key), "-generate-selfsigned-cert"]
     if authorized_keys_file is not None:
         argv += ["-authorized-keys-file", str(authorized_keys_file)]
+    argv += extra_args
     proc, log_file = _spawn_server(argv, workdir, log_path)
     server = ServerProcess("ours", backend, proc, 0, url_path, cert, log_path, log_file)
     deadline = time.monotonic() + SERVER_START_TIMEOUT

@@ -23,6 +23,12 @@ flags:
                        The agent's keys ($SSH_AUTH_SOCK) are tried first.
   -pubkey-for-agent FILE  use only the agent key with this public key (repeatable)
   -use-password        log in with a password (asked on the terminal, or SSH_ASKPASS)
+  -use-oidc ISSUER     log in with an OpenID Connect ID token from ISSUER (a browser
+                       login, or the device flow without a browser); see docs/oidc.md
+  -oidc-config FILE    OIDC clients, a JSON array of {issuer_url, client_id,
+                       client_secret} (default ~/.ssh3/oidc_config.json)
+  -no-pkce             no PKCE in the OIDC code flow (-do-pkce, the default, is accepted)
+  -oidc-device         use the OIDC device flow (print a code to enter elsewhere)
   -l USER              remote user (default: from the target, else the local user)
   -p PORT              port (default 443)
   -url-path PATH       secret URL path (default /ssh3-term)
@@ -66,11 +72,13 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-o": "option", "-url-path": "url_path", "-quic-backend": "backend",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
                 "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward",
+                "-use-oidc": "use_oidc", "-oidc-config": "oidc_config",
                 "-J": "proxy_jump", "-proxy-jump": "proxy_jump"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
                "-N": "no_command", "-use-password": "use_password",
                "-A": "forward_agent", "-forward-agent": "forward_agent",
+               "-no-pkce": "no_pkce", "-do-pkce": "do_pkce", "-oidc-device": "oidc_device",
                # OpenSSH's, which sftp/scp/rsync/git pass (getopt style, bundled too)
                "-n": "null_stdin", "-q": "quiet", "-s": "subsystem", "-G": "print_config",
                "-V": "version"}
@@ -114,6 +122,11 @@ class Args:
     forwards: list = field(default_factory=list)  # ssh3_client.forwarding.ForwardSpec
     no_command: bool = False
     use_password: bool = False
+    use_oidc: str | None = None  # -use-oidc ISSUER (ssh3_client/oidc.py)
+    oidc_config: str | None = None
+    no_pkce: bool = False
+    do_pkce: bool = False  # v0.1.7's flag; PKCE is on by default anyway
+    oidc_device: bool = False
     target_host: str = ""
     forward_agent: bool = False
     dynamic: list = field(default_factory=list)  # ssh3_client.socks.SocksSpec (-D)

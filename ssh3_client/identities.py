@@ -14,6 +14,12 @@ The order is OpenSSH's (sshconnect2.c, pubkey_prepare):
    given, else the existing ones of ``~/.ssh/id_ed25519``, ``id_ecdsa``,
    ``id_rsa`` (none when ``-pubkey-for-agent`` is the explicit choice).
 
+Certificates (docs/certificates.md): a key file with ``FILE-cert.pub`` beside it
+that certifies its key sends that certificate in its token's header; an agent key
+sends the certificate the agent lists for it (``ssh-add`` adds ``FILE-cert.pub``
+with ``FILE``), else the one beside the file it stands for. A server that does not
+know certificates ignores it and checks the plain key.
+
 Everything is lazy: a key file is read, and its passphrase asked, only when
 the identities before it were refused.  The passphrase is asked like OpenSSH's
 read_passphrase(): on ``/dev/tty``, or through ``$SSH_ASKPASS`` when there is no
@@ -339,8 +345,32 @@ def make_prompter(env: Mapping[str, str] | None = None) -> Prompter:
 # ------------------------------------------------------------------ identities
 
 
-def agent_identity(socket_path: str, key: AgentKey, label: str) -> Identity:
-    """Sign the token with the agent's *key*, when (and only if) it is tried."""
+def certificate_of_key_file(path: str, public_blob: bytes | None) -> bytes | None:
+    """The OpenSSH certificate ``PATH-cert.pub`` beside key file *path*, if it
+    certifies that key (OpenSSH's CertificateFile default)."""
+    from ssh3.auth.certificates import certificate_blob_of_text, certified_key_blob
+
+    try:
+        with open(path + "-cert.pub", "rb") as f:
+            data = f.read(MAX_PUBLIC_FILE + 1)
+    except OSError:
+        return None
+    blob = certificate_blob_of_text(data) if len(data) <= MAX_PUBLIC_FILE else None
+    if blob is None:
+        _say(f"{path}-cert.pub is not an OpenSSH certificate; not sent")
+        return None
+    certified = certified_key_blob(blob)
+    if public_blob is not None and certified != public_blob:
+        _say(f"{path}-cert.pub certifies another key; not sent")
+        return None
+    log.debug("certificate %s-cert.pub goes with %s", path, path)
+    return blob
+
+
+def agent_identity(socket_path: str, key: AgentKey, label: str,
+                   certificate: bytes | None = None) -> Identity:
+    """Sign the token with the agent's *key*, when (and only if) it is tried;
+    *certificate* (for that key) travels in the token's header."""
     from ssh3.aio.client import Identity, IdentityUnavailable
 
     async def make(user: str, conversation_id: bytes) -> str:
@@ -348,7 +378,8 @@ def agent_identity(socket_path: str, key: AgentKey, label: str) -> Identity:
         from ssh3.auth.jwt_token import finish_token, token_signing_input
 
         assert key.algorithm is not None
-        signing_input = token_signing_input(key.algorithm, user, conversation_id, backdate=2)
+        signing_input = token_signing_input(key.algorithm, user, conversation_id, backdate=2,
+                                            certificate=certificate)
         try:
             signature = await agent_sign_jws(socket_path, key, signing_input.encode("ascii"))
         except AgentError as exc:
@@ -359,8 +390,10 @@ def agent_identity(socket_path: str, key: AgentKey, label: str) -> Identity:
     return Identity(label, make)
 
 
-def file_identity(path: str, prompter: Prompter, options: IdentityOptions) -> Identity:
-    """A key file, read (and its passphrase asked) only when it is tried."""
+def file_identity(path: str, prompter: Prompter, options: IdentityOptions,
+                  certificate: bytes | None = None) -> Identity:
+    """A key file, read (and its passphrase asked) only when it is tried; with the
+    certificate beside it in the token's header."""
     from ssh3.aio.client import Identity, IdentityUnavailable
 
     loaded: list[Any] = []
@@ -400,7 +433,8 @@ def file_identity(path: str, prompter: Prompter, options: IdentityOptions) -> Id
 
         if not loaded:
             loaded.append(await load())
-        return "Bearer " + build_token(loaded[0], user, conversation_id, backdate=2)
+        return "Bearer " + build_token(loaded[0], user, conversation_id, backdate=2,
+                                       certificate=certificate)
 
     return Identity(path, make)
 
@@ -430,6 +464,21 @@ def password_identities(host: str, prompter: Prompter,
 
 def _agent_label(key: AgentKey) -> str:
     return f"{key.comment or key.fingerprint} (agent)"
+
+
+def _agent_certificates(agent_keys: list[AgentKey]) -> dict[bytes, bytes]:
+    """Certificates the agent lists (``ssh-add`` adds ``KEY-cert.pub`` with KEY),
+    by the blob of the key they certify; the first one of a key wins. The agent
+    signs with the plain key; the certificate only travels in the token header."""
+    from ssh3.auth.certificates import CERT_SUFFIX, certified_key_blob
+
+    certs: dict[bytes, bytes] = {}
+    for key in agent_keys:
+        if key.key_type.endswith(CERT_SUFFIX):
+            certified = certified_key_blob(key.blob)
+            if certified is not None:
+                certs.setdefault(certified, key.blob)
+    return certs
 
 
 async def load_identities(args: Any, env: Mapping[str, str] | None = None,
@@ -472,6 +521,7 @@ async def load_identities(args: Any, env: Mapping[str, str] | None = None,
         except AgentError as exc:
             log.debug("agent not used: %s", exc)
             agent_keys = []
+        agent_certs = _agent_certificates(agent_keys)
         for key in agent_keys:
             if wanted is not None and key.blob not in wanted:
                 continue
@@ -481,21 +531,35 @@ async def load_identities(args: Any, env: Mapping[str, str] | None = None,
                 continue
             path = next((p for p, blob in files if blob == key.blob and p not in covered),
                         None)
+            cert = agent_certs.get(key.blob)
             if path is not None:
                 covered.add(path)
-                identities.append(agent_identity(options.agent_socket, key, f"{path} (agent)"))
+                cert = cert or certificate_of_key_file(path, key.blob)
+                identities.append(agent_identity(options.agent_socket, key,
+                                                 f"{path} (agent{', cert' if cert else ''})",
+                                                 cert))
                 agent_used = True
             elif not options.identities_only or wanted is not None:
                 # -pubkey-for-agent names its keys: they count as configured
-                identities.append(agent_identity(options.agent_socket, key, _agent_label(key)))
+                identities.append(agent_identity(options.agent_socket, key, _agent_label(key),
+                                                 cert))
                 agent_used = True
     if wanted is not None and not agent_used:
         _say("the agent holds none of the -pubkey-for-agent keys"
              if options.agent_socket else "-pubkey-for-agent needs an agent (SSH_AUTH_SOCK)")
 
-    for path, _blob in files:
+    for path, blob in files:
         if path not in covered:
-            identities.append(file_identity(path, prompter, options))
+            identities.append(file_identity(path, prompter, options,
+                                            certificate_of_key_file(path, blob)))
+    if getattr(args, "use_oidc", None):
+        # as the reference: keys named on the command line come first, then OIDC
+        # (no default key files nor unnamed agent keys)
+        from .oidc import oidc_identity
+
+        if not explicit and not options.pubkeys_for_agent:
+            identities = []
+        identities.append(await oidc_identity(args, env))
     log.debug("identities, in order: %s", ", ".join(i.label for i in identities) or "none")
     return identities
 
@@ -506,6 +570,7 @@ __all__ = [
     "Prompter",
     "agent_identity",
     "askpass_prompt",
+    "certificate_of_key_file",
     "file_identity",
     "identity_options",
     "load_identities",

@@ -13,14 +13,15 @@ import os
 import time
 from dataclasses import dataclass
 
-from ssh3.auth.authorized_keys import PublicKeyIdentity, load_user_identities
-from ssh3.auth.jwt_token import TokenError, verify_token
-from ssh3.auth.keys import public_key_fingerprint
+from ssh3.auth.authorized_keys import OidcIdentity, PublicKeyIdentity, load_user_identities
+from ssh3.auth.certificates import load_trusted_ca_file
+from ssh3.auth.oidc import OidcError, ProviderCache, check_identities, is_id_token
 from ssh3.auth.password import check_password, parse_basic
 
 from .penalties import PenaltyBox
 from .permissions import Permissions
 from .process import UserInfo
+from .pubkey_check import PublicKeyCheck, dummy_verification
 
 log = logging.getLogger("ssh3.server")
 audit = logging.getLogger("ssh3.auth")
@@ -31,7 +32,7 @@ class Login:
     """A successful authentication."""
 
     user: UserInfo
-    method: str  # "publickey", "password", ...
+    method: str  # "publickey", "password", "oidc"
     permissions: Permissions
     fingerprint: str = "-"
 
@@ -41,6 +42,12 @@ class AuthSettings:
     enable_password_login: bool = False
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
+    # CA bundle trusted for OIDC discovery/JWKS fetches (None: the system's store)
+    oidc_ca_file: str | None = None
+    # sshd's PermitUserEnvironment: honour environment= options
+    permit_user_environment: bool = False
+    # sshd's TrustedUserCAKeys: a file of CA public keys
+    trusted_user_ca_keys: str | None = None
 
 
 @dataclass
@@ -49,6 +56,7 @@ class _Outcome:
     reason: str = ""
     fingerprint: str = "-"
     permissions: Permissions | None = None
+    detail: str = ""  # e.g. the certificate's key id and CA
 
 
 class Authenticator:
@@ -61,6 +69,7 @@ class Authenticator:
         self.base_permissions = base_permissions
         self._running_as_root = running_as_root
         self._own_user = own_user
+        self._oidc_cache: ProviderCache | None = None  # created at the first OIDC login
 
     async def authenticate(self, username: str, conv_id: bytes, authorization: bytes,
                            peer: str, host: str) -> Login | None:
@@ -69,6 +78,9 @@ class Authenticator:
         text = authorization.decode("ascii", "replace")
         method = ("publickey" if text.startswith("Bearer ")
                   else "password" if text.startswith("Basic ") else "none")
+        if method == "publickey" and is_id_token(text[len("Bearer "):]):
+            # an ID token, not a key JWT (reference order: key JWTs, Basic, then OIDC)
+            method = "oidc"
         outcome = _Outcome()
         try:
             user: UserInfo | None = None
@@ -87,9 +99,14 @@ class Authenticator:
                 # checked even for unknown users: the answer takes the same time
                 ok = await self._check_password(username, text, outcome)
             elif user is None:
+                if method == "publickey":
+                    # the same work as for a user: the time does not tell who exists
+                    self._dummy_publickey(text, conv_id)
                 return None
             elif method == "publickey":
-                ok = self._check_publickey(user, text, conv_id, outcome)
+                ok = self._check_publickey(user, text, conv_id, outcome, host)
+            elif method == "oidc":
+                ok = await self._check_oidc(user, text, outcome)
             else:
                 outcome.reason = "no credentials"
             if not ok or user is None:
@@ -100,13 +117,15 @@ class Authenticator:
             if not outcome.accepted:
                 self.penalties.penalise(
                     host, "invaliduser" if outcome.reason == "no such user" else "authfail")
-            audit.info("auth %s from %s user=%r method=%s key=%s%s (%.1f ms)",
+            audit.info("auth %s from %s user=%r method=%s key=%s%s%s (%.1f ms)",
                        "accepted" if outcome.accepted else "refused", peer, username, method,
-                       outcome.fingerprint, f" reason={outcome.reason}" if outcome.reason else "",
+                       outcome.fingerprint, f" {outcome.detail}" if outcome.detail else "",
+                       f" reason={outcome.reason}" if outcome.reason else "",
                        (time.monotonic() - started) * 1000)
 
     def _check_publickey(self, user: UserInfo, text: str, conv_id: bytes,
-                         outcome: _Outcome) -> bool:
+                         outcome: _Outcome, client_address: str) -> bool:
+        token = text[len("Bearer "):]
         try:
             identities, warnings = load_user_identities(user.home, self._identity_paths(user))
         except OSError as exc:
@@ -114,15 +133,55 @@ class Authenticator:
             return False
         for warning in warnings:
             log.warning("%s", warning)
-        keys = [i.public_key for i in identities if isinstance(i, PublicKeyIdentity)]
-        try:
-            key = verify_token(text[len("Bearer "):], keys, user.name, conv_id)
-        except TokenError as exc:
-            outcome.reason = str(exc)
+        lines = [i for i in identities if isinstance(i, PublicKeyIdentity)]
+        check = PublicKeyCheck(token, user.name, conv_id, client_address,
+                               self.base_permissions, self.settings.permit_user_environment)
+        result = check.run(lines, self._trusted_cas())
+        outcome.fingerprint = result.fingerprint
+        if result.permissions is None:
+            outcome.reason = result.reason
             return False
-        outcome.fingerprint = public_key_fingerprint(key)
+        if result.detail:
+            outcome.detail = result.detail
+        outcome.permissions = result.permissions
         outcome.accepted = not outcome.reason
         return outcome.accepted
+
+    async def _check_oidc(self, user: UserInfo, text: str, outcome: _Outcome) -> bool:
+        try:
+            identities, _warnings = load_user_identities(user.home, self._identity_paths(user))
+        except OSError as exc:
+            outcome.reason = f"cannot read identity files: {exc}"
+            return False
+        oidc = [i for i in identities if isinstance(i, OidcIdentity)]
+        if self._oidc_cache is None:
+            self._oidc_cache = ProviderCache(self.settings.oidc_ca_file)
+        try:
+            match = await check_identities(text[len("Bearer "):], oidc, self._oidc_cache)
+        except OidcError as exc:
+            outcome.reason = outcome.reason or f"oidc: {exc}"
+            return False
+        outcome.fingerprint = f"{match.issuer}:{match.email}"  # the audit line's key= field
+        outcome.accepted = not outcome.reason
+        return outcome.accepted
+
+    def _dummy_publickey(self, text: str, conv_id: bytes) -> None:
+        dummy_verification(text[len("Bearer "):], conv_id, self.base_permissions,
+                           self._trusted_cas())
+
+    def _trusted_cas(self) -> set[bytes]:
+        path = self.settings.trusted_user_ca_keys
+        if not path:
+            return set()
+        try:
+            keys, warnings = load_trusted_ca_file(path)
+        except OSError as exc:
+            # like sshd: an unreadable TrustedUserCAKeys trusts no CA (logged)
+            log.warning("cannot read trusted CA keys %s: %s", path, exc)
+            return set()
+        for warning in warnings:
+            log.warning("%s", warning)
+        return keys
 
     async def _check_password(self, username: str, text: str, outcome: _Outcome) -> bool:
         if not self.settings.enable_password_login:

@@ -35,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "AuthorizedKeysFile: %%h is the home directory, %%u the user name, "
                         "relative paths are under the home; repeatable (default "
                         "%%h/.ssh3/authorized_identities and %%h/.ssh/authorized_keys)")
+    p.add_argument("-oidc-ca-file", default=None, metavar="FILE",
+                   help="CA bundle to trust when fetching OIDC discovery documents and "
+                        "JWKS (default: the system's, or $SSL_CERT_FILE)")
+    p.add_argument("-trusted-user-ca-keys", default=None, metavar="FILE",
+                   help="OpenSSH CA public keys (one a line) whose user certificates are "
+                        "accepted for any user they name as principal, like sshd's "
+                        "TrustedUserCAKeys (docs/certificates.md)")
+    p.add_argument("-permit-user-environment", action="store_true",
+                   help="honour environment=\"NAME=value\" options in authorized_keys, like "
+                        "sshd's PermitUserEnvironment (off by default)")
     p.add_argument("-enable-password-login", action="store_true",
                    help="accept passwords (HTTP Basic), checked through PAM service 'ssh3'; "
                         "off by default")
@@ -81,15 +91,17 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, port_num
 
 
-async def _serve(server: object) -> None:
+async def _serve(config: object) -> None:
+    from ssh3.server_api import listen  # the library's entry: one way to build a server
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    host, port = await server.start()  # type: ignore[attr-defined]
-    print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
-    await stop.wait()
-    await server.close()  # type: ignore[attr-defined]
+    async with listen(config=config) as server:  # type: ignore[arg-type]
+        host, port = server.address
+        print(f"ssh3-server: listening on {host} port {port}", file=sys.stderr, flush=True)
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 2
     url_path = args.url_path if args.url_path.startswith("/") else "/" + args.url_path
+    if args.trusted_user_ca_keys is not None:
+        from ssh3.auth.certificates import check_trusted_ca_file
+
+        if not check_trusted_ca_file(args.trusted_user_ca_keys):
+            return 1
     if args.generate_selfsigned_cert:
         from ssh3.certs import generate_self_signed
 
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                   "-generate-selfsigned-cert to create a pair", file=sys.stderr)
             return 1
     from .penalties import PenaltyPolicy, parse_networks
-    from .server import ServerConfig, SSH3Server
+    from .server import ServerConfig
     from .sessions import default_subsystems
 
     subsystems = default_subsystems()
@@ -144,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 2
+    if args.oidc_ca_file:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=args.oidc_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"ssh3-server: -oidc-ca-file {args.oidc_ca_file}: {exc}", file=sys.stderr)
+            return 2
     if args.max_auth_tries < 1 or args.max_unauthenticated < 1 or args.login_grace_time <= 0:
         print("ssh3-server: -max-auth-tries, -max-unauthenticated and -login-grace-time "
               "must be positive", file=sys.stderr)
@@ -153,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                           cert_path=args.cert, key_path=args.key, backend=args.quic_backend,
                           authorized_keys_files=args.authorized_keys_file,
                           enable_password_login=args.enable_password_login,
+                          oidc_ca_file=args.oidc_ca_file,
                           penalties=PenaltyPolicy(enabled=args.per_source_penalties == "yes",
                                                   exempt=exempt),
                           max_auth_tries=args.max_auth_tries,
@@ -161,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
                           allow_udp_forwarding=not args.disable_udp_forwarding,
                           allow_agent_forwarding=not args.disable_agent_forwarding,
-                          subsystems=subsystems)
+                          subsystems=subsystems,
+                          permit_user_environment=args.permit_user_environment,
+                          trusted_user_ca_keys=args.trusted_user_ca_keys)
     try:
-        server = SSH3Server(config)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(server))
+            asyncio.run(_serve(config))
     except (OSError, ValueError) as exc:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,8 @@ from ssh3.messages import (
     ChannelOpenFailure,
 )
 
+from .permissions import Permissions
+
 log = logging.getLogger("ssh3.server.forwarding")
 
 # RFC 4254 §5.1 reason codes
@@ -62,6 +64,8 @@ _FIN_GRACE = 1.0
 class ForwardingPolicy:
     allow_tcp: bool = True
     allow_udp: bool = True
+    # the login's Permissions: permitopen= and no-port-forwarding of its key
+    permissions: Permissions | None = None
     connect_timeout: float = 10.0
     udp_idle_timeout: float = 120.0
 
@@ -223,12 +227,35 @@ def _refuse_by_policy(channel: Channel, ctx: ForwardContext, kind: str) -> None:
             f"administratively prohibited: {kind} forwarding is disabled on this server")
 
 
+def _refused_by_key(channel: Channel, ctx: ForwardContext, policy: ForwardingPolicy,
+                    udp: bool) -> bool:
+    """Refuse (and log) a forward the key's options do not allow: no-port-forwarding
+    or restrict, or a destination outside its permitopen= list."""
+    perms = policy.permissions
+    if perms is None or channel.header.address is None:
+        return False
+    host, port = channel.header.address
+    allowed = perms.permits_udp(host, port) if udp else perms.permits_open(host, port)
+    if allowed:
+        return False
+    target = _target_text((host, port))
+    why = ("port forwarding is not permitted for this key"
+           if not (perms.allow_udp_forwarding if udp else perms.allow_tcp_forwarding)
+           else f"{target} is not in the key's permitopen list")
+    log.warning("%s to %s for %s from %s refused: %s", channel.channel_type, target,
+                ctx.user, ctx.peer, why)
+    _refuse(channel, OPEN_ADMINISTRATIVELY_PROHIBITED, f"administratively prohibited: {why}")
+    return True
+
+
 # ---------------------------------------------------------------- direct-tcp
 
 
 async def _serve_tcp(channel: Channel, ctx: ForwardContext, policy: ForwardingPolicy) -> None:
     if not policy.allow_tcp:
         _refuse_by_policy(channel, ctx, "TCP")
+        return
+    if _refused_by_key(channel, ctx, policy, udp=False):
         return
     assert channel.header.address is not None  # the header parser requires one
     host, port = channel.header.address
@@ -380,6 +407,10 @@ async def _serve_udp(conv: Conversation, channel: Channel, ctx: ForwardContext,
         if isinstance(conv, ForwardingConversation):
             conv.refuse_datagrams(cid)
         _refuse_by_policy(channel, ctx, "UDP")
+        return
+    if _refused_by_key(channel, ctx, policy, udp=True):
+        if isinstance(conv, ForwardingConversation):
+            conv.refuse_datagrams(cid)
         return
     assert channel.header.address is not None
     host, port = channel.header.address

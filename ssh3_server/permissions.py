@@ -39,6 +39,11 @@ class Permissions:
     def permits_open(self, host: str, port: int) -> bool:
         return self.allow_tcp_forwarding and _matches(self.permit_open, host, port)
 
+    def permits_udp(self, host: str, port: int) -> bool:
+        """direct-udp: the UDP flag, and the same permitopen= list as TCP (ssh3's
+        UDP forwarding has no option of its own in sshd's vocabulary)."""
+        return self.allow_udp_forwarding and _matches(self.permit_open, host, port)
+
     def permits_listen(self, host: str, port: int) -> bool:
         return self.allow_remote_forwarding and _matches(self.permit_listen, host, port)
 

@@ -264,9 +264,21 @@ def spawn(user: UserInfo, argv: list[str], executable: str, env: dict[str, str],
     for fd in parent_fds:
         if fd is not None:
             os.set_inheritable(fd, False)
-    pid = os.fork()
+    # A signal that reaches the child between fork and exec would run the server's
+    # handlers there: asyncio's writes to the wakeup fd it shares with the server,
+    # which would then act on it (a client's `signal INT` sent right after `exec`
+    # stopped the whole server). Block signals across fork: the child unblocks them
+    # at the end of _child_setup, once their dispositions are back to the defaults.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     if pid == 0:  # child
         try:
+            signal.set_wakeup_fd(-1)
             _child_setup(user if switch_user else None, slave, stdio, user.home)
             os.closerange(3, 65536)
             os.execve(executable, argv, env)

@@ -26,6 +26,7 @@ from .forwarding import (
     ForwardingPolicy,
     serve_forward_channel,
 )
+from .hooks import LoginAttempt, ServerHooks, SessionInfo, authenticate, call, forward_permitted
 from .penalties import PenaltyBox, PenaltyPolicy
 from .permissions import Permissions
 from .sessions import Session, SessionContext, default_subsystems
@@ -53,11 +54,16 @@ class ServerConfig:
     max_unauthenticated: int = 100  # connections not yet authenticated, at once
     # sshd-style AuthorizedKeysFile patterns; None: the reference's two files
     authorized_keys_files: list[str] | None = None
+    oidc_ca_file: str | None = None  # -oidc-ca-file: CA bundle for OIDC fetches
     # -disable-tcp-forwarding / -disable-udp-forwarding refuse direct-tcp / direct-udp
     allow_tcp_forwarding: bool = True
     allow_udp_forwarding: bool = True
     # -disable-agent-forwarding: `forward-agent` is ignored (with a log line)
     allow_agent_forwarding: bool = True
+    # -permit-user-environment: honour authorized_keys environment= (sshd's
+    # PermitUserEnvironment); -trusted-user-ca-keys FILE (sshd's TrustedUserCAKeys)
+    permit_user_environment: bool = False
+    trusted_user_ca_keys: str | None = None
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
 
@@ -70,8 +76,9 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, hooks: ServerHooks | None = None) -> None:
         self.config = config
+        self.hooks = hooks or ServerHooks()  # defaults: today's behaviour
         self.backend: Backend = get_backend(config.backend)
         self._server: object | None = None
         self._tickets: dict[bytes, object] = {}
@@ -84,7 +91,10 @@ class SSH3Server(ProtocolHandler):
         self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
         self.authenticator = Authenticator(
             AuthSettings(enable_password_login=config.enable_password_login,
-                         authorized_keys_files=config.authorized_keys_files),
+                         authorized_keys_files=config.authorized_keys_files,
+                         oidc_ca_file=config.oidc_ca_file,
+                         permit_user_environment=config.permit_user_environment,
+                         trusted_user_ca_keys=config.trusted_user_ca_keys),
             self.penalties, self.base_permissions(), self._running_as_root, self._own_user)
 
     def base_permissions(self) -> Permissions:
@@ -231,8 +241,8 @@ class SSH3Server(ProtocolHandler):
                        "(no credential checked)", peer, username, left)
             self._respond(protocol, event, 401)
             return
-        login = await self.authenticator.authenticate(
-            username, conv_id, headers.get(b"authorization", b""), peer, host)
+        login = await authenticate(self.hooks, LoginAttempt(
+            self, username, conv_id, headers.get(b"authorization", b""), peer, host))
         if login is None:
             self._respond(protocol, event, 401)
             failures = getattr(protocol, "auth_failures", 0) + 1
@@ -264,20 +274,29 @@ class SSH3Server(ProtocolHandler):
         conv.on_channel = lambda channel: self._spawn(self._serve_channel(conv, channel, ctx))
         self._respond(protocol, event, 200, end=False)
         log.info("conversation %d for %s from %s started", event.stream_id, user.name, peer)
+        info = SessionInfo(user.name, ctx.peer, ctx.local, event.stream_id, login.method,
+                           login.fingerprint)
+        call(self.hooks.session_started, info)
         conv.add_end_callback(
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))
+        conv.add_end_callback(
+            lambda c: call(self.hooks.session_ended, info, c.end_reason or "ended"))
 
     # ------------------------------------------------------------ channels
 
     async def _serve_channel(self, conv: Conversation, channel: Channel,
                              ctx: SessionContext) -> None:
         if channel.channel_type in FORWARD_TYPES:
+            if not forward_permitted(self.hooks, channel, ctx.user.name, ctx.peer,
+                                     ctx.permissions):
+                return
             await serve_forward_channel(
                 conv, channel,
                 ForwardContext(ctx.user.name, ctx.peer, lambda: ctx.peer_extensions != 0),
-                ForwardingPolicy(allow_tcp=ctx.permissions.allow_tcp_forwarding,
-                                 allow_udp=ctx.permissions.allow_udp_forwarding))
+                ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
+                                 allow_udp=self.config.allow_udp_forwarding,
+                                 permissions=ctx.permissions))
             return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)

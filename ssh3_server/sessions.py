@@ -103,6 +103,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self.exit_sent = asyncio.Event()
         self.agent: AgentForwarder | None = None
+        self._pty_refused = False
 
     @property
     def larval(self) -> bool:
@@ -166,8 +167,15 @@ class Session:
         elif isinstance(msg, ChannelExtendedData):
             raise SessionError(f"unexpected extended data (type {msg.data_type}) from client")
         elif isinstance(msg, PtyRequest):
-            if not self.larval or self.pty is not None:
+            if not self.larval or self.pty is not None or self._pty_refused:
                 raise SessionError("pty-req after the session started or twice")
+            if not self.ctx.permissions.allow_pty:
+                # SSH3 requests have no reply (Q4): like OpenSSH's client, tell the
+                # user on stderr when the session starts, and go on without a pty
+                log.info("session %d of %s from %s: pty-req refused (no-pty)",
+                         self.channel.channel_id, self.ctx.user.name, self.ctx.peer)
+                self._pty_refused = True
+                return
             self.pty = PtyParams(msg.term, msg.char_width, msg.char_height, msg.pixel_width,
                                  msg.pixel_height)
         elif isinstance(msg, ShellRequest | ExecRequest | SubsystemRequest):
@@ -217,11 +225,13 @@ class Session:
     def _start(self, msg: ShellRequest | ExecRequest | SubsystemRequest) -> None:
         user = self.ctx.user
         shell = user.shell
+        original: str | None = None  # what the client asked for, when a command is forced
         if isinstance(msg, ShellRequest):
             argv = ["-" + os.path.basename(shell)]
             what = "shell"
         elif isinstance(msg, ExecRequest):
-            argv = [shell, "-c", os.fsdecode(msg.command)]
+            original = os.fsdecode(msg.command)
+            argv = [shell, "-c", original]
             what = f"exec {msg.command[:200]!r}"
         else:
             command = self.ctx.subsystems.get(msg.name)
@@ -229,11 +239,28 @@ class Session:
                 # reset: the client reports the refusal (no replies exist, Q4)
                 raise SessionError(f"subsystem {msg.name!r} refused: not configured "
                                    f"(known: {', '.join(sorted(self.ctx.subsystems)) or 'none'})")
+            original = command  # sshd: the subsystem's command line
             argv = [shell, "-c", command]
             what = f"subsystem {msg.name!r} ({command})"
+        forced = self.ctx.permissions.forced_command
+        forced_env: dict[str, str] = {}
+        if forced is not None:
+            # command= / force-command: runs instead, the request in SSH_ORIGINAL_COMMAND
+            log.info("session %d of %s: forced command replaces %s", self.channel.channel_id,
+                     user.name, what)
+            argv = [shell, "-c", forced]
+            what = f"forced command {forced[:200]!r}"
+            if original is not None:
+                forced_env["SSH_ORIGINAL_COMMAND"] = original
+        if self._pty_refused:
+            self.channel.send(ChannelExtendedData(1, b"PTY allocation request failed\r\n"))
         env = build_environment(user, self.pty.term if self.pty else None, {
+            # environment= of the key (only kept when the server permits it) first:
+            # what the server sets itself must win
+            **dict(self.ctx.permissions.environment),
             "SSH3_CONNECTION": f"{self.ctx.peer} {self.ctx.local}",
             **self.ctx.extra_env,
+            **forced_env,
             **({"SSH_AUTH_SOCK": self.agent.path} if self.agent and self.agent.path else {}),
         })
         try:

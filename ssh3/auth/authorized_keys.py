@@ -4,8 +4,9 @@ Lines are read the way the reference server reads them: an OpenSSH
 ``authorized_keys`` line (optionally with leading options) becomes a public-key
 identity, ``oidc <client_id> <issuer_url> <email>`` an OIDC identity, and
 anything else is reported as a warning and skipped.  Unlike the reference we
-keep the options, and we check that the key-type word matches the key data as
-OpenSSH does.
+keep the options, parsed as strictly as sshd (ssh3/auth/key_options.py: a line
+with a bad option is skipped with a warning), and we check that the key-type word
+matches the key data as OpenSSH does.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from typing import TypeAlias
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from .key_options import KeyOptions, OptionError, parse_options
 from .keys import PublicKey
 
 SUPPORTED_KEY_TYPES = frozenset(
     {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ssh-rsa"}
 )
+
+# a cert-authority line only verifies certificate signatures, never a JWT, so its
+# key may also be of a type that cannot sign one
+CA_ONLY_KEY_TYPES = frozenset({"ecdsa-sha2-nistp521"})
 
 # A user's identity files are small; the cap bounds what a root server reads
 # from a user-controlled path.
@@ -43,7 +49,7 @@ class PublicKeyIdentity:
     public_key: PublicKey
     key_type: str
     comment: str
-    options: dict[str, str | bool]
+    options: KeyOptions
     source: str
     line_number: int
 
@@ -114,30 +120,17 @@ def _scan_options(line: str) -> tuple[list[str], str] | None:
     return None
 
 
-def _parse_options(raw: list[str]) -> tuple[dict[str, str | bool], list[str]]:
-    options: dict[str, str | bool] = {}
-    problems: list[str] = []
-    for opt in raw:
-        name, sep, value = opt.partition("=")
-        name = name.lower()  # OpenSSH option names are case-insensitive
-        parsed: str | bool = True
-        if sep:
-            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-                value = value[1:-1].replace('\\"', '"')
-            parsed = value
-        if name in options:
-            # Keeping the first of a repeated option never widens what a
-            # restriction such as permitopen or from allows.
-            problems.append(f"duplicate option {name!r} ignored")
-            continue
-        options[name] = parsed
-    return options, problems
+def _parse_options(raw: list[str]) -> KeyOptions:
+    try:
+        return parse_options(raw)
+    except OptionError as exc:
+        raise _LineError(str(exc)) from None
 
 
 def _make_key_identity(
     type_word: str,
     rest: str,
-    options: dict[str, str | bool],
+    options: KeyOptions,
     source: str,
     line_number: int,
 ) -> PublicKeyIdentity:
@@ -147,7 +140,8 @@ def _make_key_identity(
         raise _LineError(f"invalid key data for {type_word}")
     if blob_type != type_word:
         raise _LineError(f"key type {type_word} does not match key data ({blob_type})")
-    if blob_type not in SUPPORTED_KEY_TYPES:
+    if blob_type not in SUPPORTED_KEY_TYPES and not (
+            options.cert_authority and blob_type in CA_ONLY_KEY_TYPES):
         raise _LineError(f"unsupported key type {blob_type}")
     try:
         key = load_ssh_public_key(f"{blob_type} {b64}".encode("ascii"))
@@ -171,17 +165,18 @@ def _parse_line(line: str, source: str, line_number: int) -> tuple[Identity, lis
     second, _ = _split_field(rest)
     # A quote can only belong to an options field, never to a key type.
     if second and '"' not in first and _blob_key_type(second) is not None:
-        return _make_key_identity(first, rest, {}, source, line_number), []
+        return _make_key_identity(first, rest, KeyOptions(), source, line_number), []
 
     scanned = _scan_options(line)
     if scanned is not None:
         raw_options, after = scanned
         type_word, key_rest = _split_field(after)
         b64, _ = _split_field(key_rest)
-        if type_word in SUPPORTED_KEY_TYPES or (b64 and _blob_key_type(b64) is not None):
-            options, problems = _parse_options(raw_options)
+        if type_word in SUPPORTED_KEY_TYPES | CA_ONLY_KEY_TYPES or (
+                b64 and _blob_key_type(b64) is not None):
+            options = _parse_options(raw_options)
             identity = _make_key_identity(type_word, key_rest, options, source, line_number)
-            return identity, problems
+            return identity, []
 
     tokens = line.split()
     if tokens[0] == "oidc":

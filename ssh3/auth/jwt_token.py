@@ -28,6 +28,8 @@ AUDIENCE = "unused"
 CLIENT_ID_PREFIX = "ssh3-"
 TOKEN_LIFETIME = 10  # seconds, as the Go client
 MAX_TOKEN_LENGTH = 8 * 1024
+# JWT header field carrying an OpenSSH certificate (ssh3/auth/certificates.py)
+CERT_HEADER = "ssh3-cert"
 
 # EdDSA means Ed25519 only here; pyjwt would also take Ed448 for that name.
 ALLOWED_ALGORITHMS = frozenset({"RS256", "EdDSA", "ES256", "ES384"})
@@ -77,8 +79,12 @@ def build_token(
     now: int | None = None,
     *,
     backdate: int = 0,
+    certificate: bytes | None = None,
 ) -> str:
     """Build the ``Bearer`` JWT the Go client sends for *user* (§2.4.2).
+
+    *certificate* (an OpenSSH certificate blob for this key) goes into the header
+    as ``ssh3-cert`` (docs/certificates.md); the reference server ignores it.
 
     *backdate* moves ``iat`` earlier while keeping ``exp`` at ``now + 10``: the
     reference server allows no leeway on ``iat``, so a client clock slightly
@@ -91,7 +97,8 @@ def build_token(
     if backdate < 0:
         raise ValueError("backdate must not be negative")
     alg = jwt_algorithm(private_key)
-    signing_input = token_signing_input(alg, user, conversation_id, now, backdate=backdate)
+    signing_input = token_signing_input(alg, user, conversation_id, now, backdate=backdate,
+                                        certificate=certificate)
     signature = _sign(alg, private_key, signing_input.encode("ascii"))
     return finish_token(signing_input, signature)
 
@@ -121,6 +128,7 @@ def token_signing_input(
     now: int | None = None,
     *,
     backdate: int = 0,
+    certificate: bytes | None = None,
 ) -> str:
     """``b64url(header).b64url(payload)`` of the §2.4.2 token, exactly as
     :func:`build_token` signs it.
@@ -135,6 +143,8 @@ def token_signing_input(
     if now is None:
         now = int(time.time())
     header = {"alg": alg, "typ": "JWT"}
+    if certificate is not None:
+        header[CERT_HEADER] = base64.b64encode(certificate).decode("ascii")
     payload = {
         "aud": AUDIENCE,
         "client_id": CLIENT_ID_PREFIX + user,
@@ -255,6 +265,17 @@ def _check_claims(
         raise TokenError("conversation id mismatch")
 
 
+def token_header(token: str) -> dict[str, Any]:
+    """The decoded header of a compact JWS, with the same strictness as
+    :func:`verify_token` (which still has to check everything)."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError("malformed token")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise TokenError("malformed token")
+    return _decode_json_object(_decode_segment(parts[0]))
+
+
 def verify_token(
     token: str,
     public_keys: Iterable[object],
@@ -313,11 +334,13 @@ def verify_token(
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "CERT_HEADER",
     "MAX_TOKEN_LENGTH",
     "TokenError",
     "build_token",
     "conversation_jti",
     "finish_token",
+    "token_header",
     "token_signing_input",
     "verify_token",
 ]
