@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from ssh3.aio.client import ConnectParams, SSH3ClientError, establish, open_connection
 from ssh3.aio.conversation import Conversation
+from ssh3.aio.jump import hop_backend as jump_backend
 from ssh3.aio.jump import hop_packet_size
 from ssh3.known_hosts import canonical_host
 
@@ -172,7 +173,8 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
     via_label = ""
     for index, hop in enumerate(hops):
         carried = len(hops) - index  # connections this one carries (the target too)
-        hop_backend = _hop_backend(backend, hop_packet_size(carried))
+        # qh3's first Initial is at most 1280 bytes: bigger hops go over aioquic
+        hop_backend = jump_backend(backend, hop_packet_size(carried))
         known_hosts, strict = _host_key_policy(args)
         verifier = HostKeyVerifier(known_hosts, canonical_host(hop.host, hop.port, hop.path),
                                    strict, hostname=hop.host)
@@ -197,23 +199,6 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
         via, via_label = conv, hop.spec.text
     assert via is not None
     return via, via_label
-
-
-def _hop_backend(name: str | None, packet_size: int) -> str | None:
-    """The backend for a hop whose packets must be `packet_size` bytes. A server
-    that sizes its packets on the client's first Initial (ours on qh3) must see
-    one that big; a backend that pads its Initial to less (qh3: 1280) would leave
-    the hop too small to relay the next hop's packets in a chain, so aioquic,
-    which pads to its full packet size, carries that hop instead."""
-    from ssh3.aio.jump import HOP_OVERHEAD
-    from ssh3.backends import get_backend
-
-    cap = get_backend(name).initial_packet_cap
-    if cap is not None and packet_size > cap + HOP_OVERHEAD:
-        log.debug("hop packets of %d bytes: using aioquic (its first Initial shows the "
-                  "jump host that size)", packet_size)
-        return "aioquic"
-    return name
 
 
 def _host_key_policy(args: Any) -> tuple[str, str]:

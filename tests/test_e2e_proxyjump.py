@@ -393,3 +393,36 @@ def test_library_jump_connection_too_small(start_server, user_key):
     assert "jump host small: one QUIC datagram on that connection carries at most" in message
     assert "needs 1200-byte packets" in message
     assert "direct-udp" not in jump.log()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_library_connect_with_tunnel(start_server, user_key, backend):
+    """`ssh3.connect(target, tunnel="jump1,jump2")`: like `ssh3 -J`, one key and one
+    known_hosts for every hop; closing the connection closes the jump hosts' too."""
+    import ssh3
+
+    first = start_server("aioquic", name="jump1")
+    second = start_server("qh3", name="jump2")
+    target = start_server(backend, name="target")
+
+    async def main() -> None:
+        async with ssh3.connect(target.target(), client_keys=[str(user_key)],
+                                known_hosts=[first.der, second.der, target.der],
+                                backend=backend,
+                                tunnel=f"{USER}@{first.target()},{second.target()}") as conn:
+            result = await conn.run("echo tunnelled")
+            assert (result.returncode, result.stdout) == (0, "tunnelled\n")
+        # a hop whose certificate is not accepted is named in the error
+        with pytest.raises(ssh3.HostKeyError, match=rf"jump host {USER}@{HOST}:{first.port}"):
+            async with ssh3.connect(target.target(), client_keys=[str(user_key)],
+                                    known_hosts=[target.der], backend=backend,
+                                    tunnel=first.target()):
+                pass
+
+    run_async(main())
+    assert_relayed(first, second)
+    assert_relayed(second, target)
+    for server in (first, second, target):
+        assert wait_for(lambda s=server: re.search(
+            r"conversation \d+ for \S+ ended: connection closed \(0x100", s.log()), 10), \
+            server.log()

@@ -12,6 +12,7 @@ from ssh3.aio.jump import (
     HOP_OVERHEAD,
     INNER_PACKET_SIZE,
     MAX_PACKET_SIZE,
+    hop_backend,
     hop_packet_size,
 )
 from ssh3_client.cli import parse_args
@@ -19,7 +20,6 @@ from ssh3_client.config import apply_to_args
 from ssh3_client.proxyjump import (
     HopSpec,
     JumpSpecError,
-    _hop_backend,
     connect_timeout,
     jump_list_of,
     parse_hop,
@@ -56,9 +56,9 @@ def test_packet_sizes_grow_per_hop():
 
 def test_qh3_hops_that_outgrow_its_initial_use_aioquic():
     pytest.importorskip("qh3")
-    assert _hop_backend("qh3", hop_packet_size(1)) == "qh3"
-    assert _hop_backend("qh3", hop_packet_size(2)) == "aioquic"
-    assert _hop_backend("aioquic", hop_packet_size(2)) == "aioquic"
+    assert hop_backend("qh3", hop_packet_size(1)) == "qh3"
+    assert hop_backend("qh3", hop_packet_size(2)) == "aioquic"
+    assert hop_backend("aioquic", hop_packet_size(2)) == "aioquic"
 
 
 def test_connect_timeout():

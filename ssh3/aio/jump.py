@@ -27,7 +27,7 @@ HOP_OVERHEAD = 72
 
 __all__ = ["CARRIED_PACKET_SIZE", "HOP_OVERHEAD", "INNER_PACKET_SIZE", "MAX_PACKET_SIZE",
            "TunnelError", "configure_inner",
-           "connect_via", "hop_packet_size", "timeout_message"]
+           "connect_via", "hop_backend", "hop_packet_size", "timeout_message"]
 
 
 # the largest packet a target may send to a client whose packets are 1200 bytes:
@@ -45,6 +45,20 @@ def hop_packet_size(carried: int) -> int:
     if carried <= 0:
         return INNER_PACKET_SIZE
     return CARRIED_PACKET_SIZE + carried * HOP_OVERHEAD
+
+
+def hop_backend(name: str | None, packet_size: int) -> str | None:
+    """The backend for a hop whose packets must be `packet_size` bytes. A server
+    that sizes its packets on the client's first Initial (ours on qh3) must see
+    one that big; a backend that pads its Initial to less (qh3: 1280) would leave
+    the hop too small to relay the next hop's packets in a chain, so aioquic,
+    which pads to its full packet size, carries that hop instead."""
+    from ..backends import get_backend
+
+    cap = get_backend(name).initial_packet_cap
+    if cap is not None and packet_size > cap + HOP_OVERHEAD:
+        return "aioquic"
+    return name
 
 
 def configure_inner(configuration: Any) -> None:
@@ -97,7 +111,9 @@ async def connect_via(backend: Backend, params: ConnectParams, configuration: An
         raise TunnelError(
             f"jump host {label}: one QUIC datagram on that connection carries at most "
             f"{limit} bytes, but the connection to {params.host} needs {need}-byte packets "
-            f"(the jump connection's packets must be at least {need + HOP_OVERHEAD} bytes)")
+            f"(give the jump connection packets of "
+            f"{max(need, CARRIED_PACKET_SIZE) + HOP_OVERHEAD} bytes: "
+            f"ConnectParams.max_datagram_size)")
     target = await _resolve(params.host, params.port)
     transport = ChannelDatagramTransport(conv, target, label)
     try:
