@@ -8,9 +8,10 @@ Every hop is a complete SSH3 conversation with its own identities and its own
 known_hosts entry (`host:port/path`); no session is opened on a jump host, and each
 jump host relays only ciphertext (TLS runs end to end with the next host).
 
-Packet sizes grow outward: the innermost connection uses QUIC's minimum of 1200
-bytes, and each connection that carries others is `HOP_OVERHEAD` bytes bigger per
-level it carries (ssh3/aio/jump.py), so an inner packet always fits one datagram.
+Packet sizes grow outward (ssh3/aio/jump.py): the innermost connection uses QUIC's
+minimum of 1200 bytes, and a connection that carries others holds a 1280-byte packet
+plus `HOP_OVERHEAD` bytes of framing per level it carries, so an inner packet always
+fits one datagram. The library's `ssh3.connect(..., tunnel=)` does the same.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import copy
 import getpass
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -27,7 +29,7 @@ from ssh3.aio.client import ConnectParams, SSH3ClientError, establish, open_conn
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.jump import hop_backend as jump_backend
 from ssh3.aio.jump import hop_packet_size
-from ssh3.known_hosts import canonical_host
+from ssh3.known_hosts import canonical_host, default_path
 
 log = logging.getLogger("ssh3.proxyjump")
 
@@ -175,7 +177,8 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
         carried = len(hops) - index  # connections this one carries (the target too)
         # qh3's first Initial is at most 1280 bytes: bigger hops go over aioquic
         hop_backend = jump_backend(backend, hop_packet_size(carried))
-        known_hosts, strict = _host_key_policy(args)
+        # the hop's own UserKnownHostsFile/StrictHostKeyChecking (config, then -o)
+        known_hosts, strict = _host_key_policy(hop.args)
         verifier = HostKeyVerifier(known_hosts, canonical_host(hop.host, hop.port, hop.path),
                                    strict, hostname=hop.host)
         try:
@@ -202,10 +205,6 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
 
 
 def _host_key_policy(args: Any) -> tuple[str, str]:
-    import os
-
-    from ssh3.known_hosts import default_path
-
     options = getattr(args, "options", {}) or {}
     known_hosts = os.path.expanduser(options.get("userknownhostsfile", "") or default_path())
     strict = options.get("stricthostkeychecking", "ask").lower()
