@@ -107,6 +107,18 @@ class SSH3ProtocolMixin:
             self._adopt(largest)
         super().datagrams_received(data, addr)  # type: ignore[misc]
 
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            # a connect timeout: the library's waiter (behind a shield) fails later,
+            # when the connection is given up; nobody awaits it any more, so retrieve
+            # its exception ("Future exception was never retrieved" otherwise)
+            waiter = getattr(self, "_connected_waiter", None)
+            if waiter is not None:
+                waiter.add_done_callback(_retrieve)
+            raise
+
     def transmit(self) -> None:
         # every receive, timer and send ends here: the moment send buffers shrink
         super().transmit()  # type: ignore[misc]
@@ -303,6 +315,11 @@ class SSH3ProtocolMixin:
                 for fut in self._write_waiters.pop(sid):
                     if not fut.done():
                         fut.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # the mixin's methods must win over the backend base class
