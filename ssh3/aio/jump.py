@@ -32,8 +32,8 @@ __all__ = ["CARRIED_PACKET_SIZE", "HOP_OVERHEAD", "INNER_PACKET_SIZE", "MAX_PACK
 
 # the largest packet a target may send to a client whose packets are 1200 bytes:
 # our servers match the client's packet size (the backends' adopt_packet_size),
-# quic-go starts at 1252 (PROTOCOL.md §3.9), qh3 clients at 1280; what path MTU
-# discovery adds on top is probed, and a probe lost in the tunnel is harmless
+# quic-go starts at 1252 (PROTOCOL.md §3.9), an unadapted qh3 at 1280; what path
+# MTU discovery adds on top is probed, and a probe lost in the tunnel is harmless
 CARRIED_PACKET_SIZE = 1280
 # quic-go reads at most 1452-byte UDP payloads
 MAX_PACKET_SIZE = 1452
