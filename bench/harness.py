@@ -16,8 +16,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +39,60 @@ class BenchError(Exception):
 # ---------------------------------------------------------------- processes
 
 
+# ---------------------------------------------------------------- interruption
+
+# SIGTERM/^C unwind the bench (KeyboardInterrupt) into its cleanup. One landing
+# between a child's fork and the moment it is tracked would leak that child, so
+# spawning defers them (main thread only: signals are only delivered there).
+_deferred = {"depth": 0, "pending": False}
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """The bench's SIGTERM/SIGINT handler."""
+    if _deferred["depth"] and threading.current_thread() is threading.main_thread():
+        _deferred["pending"] = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        if main:
+            _deferred["depth"] -= 1
+            if not _deferred["depth"] and _deferred["pending"]:
+                _deferred["pending"] = False
+                raise KeyboardInterrupt
+
+
+# short-lived children (client runs): tracked until reaped, so that the cleanup stops
+# one whose owner an interrupt unwound before it could
+_transient: set[subprocess.Popen[Any]] = set()
+_transient_lock = threading.Lock()
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """subprocess.Popen for a short-lived child; `stop_transient` ends what is left."""
+    with interrupts_deferred():
+        proc = subprocess.Popen(list(argv), **kwargs)
+        with _transient_lock:
+            _transient.add(proc)
+    return proc
+
+
+def stop_transient() -> None:
+    with _transient_lock:
+        left = list(_transient)
+        _transient.clear()
+    for proc in left:
+        stop_pid(proc, 2.0, signal.SIGKILL)
+
+
 class Processes:
     """Every long-lived process a benchmark starts, so each is stopped by its PID."""
 
@@ -45,8 +100,9 @@ class Processes:
         self.procs: list[subprocess.Popen[Any]] = []
 
     def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        proc = subprocess.Popen(list(argv), **kwargs)
-        self.procs.append(proc)
+        with interrupts_deferred():  # tracked before an interrupt can unwind
+            proc = subprocess.Popen(list(argv), **kwargs)
+            self.procs.append(proc)
         return proc
 
     def stop(self, proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
@@ -75,6 +131,8 @@ def stop_pid(proc: subprocess.Popen[Any], grace: float = 5.0,
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+    with _transient_lock:
+        _transient.discard(proc)
 
 
 def wait_for_line(path: Path, pattern: re.Pattern[str], proc: subprocess.Popen[Any],
@@ -482,6 +540,7 @@ LogLevel INFO
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
         self.procs.stop_all()
+        stop_transient()
         if self._ref_key_added is not None:
             with contextlib.suppress(OSError):
                 lines = self._ref_key_added.read_text().splitlines()
@@ -503,11 +562,16 @@ def run_timed(argv: Sequence[str], env: dict[str, str], timeout: float,
     """Run to completion; (exit code, wall seconds, stdout, stderr). Killed by PID
     when it overruns (exit code -9)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    proc = spawn(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                 start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stop_pid(proc, 2.0, signal.SIGKILL)
         return -9, time.perf_counter() - start, b"", b"timeout"
+    except BaseException:
+        # interrupted (SIGTERM/^C unwinds the bench): the client must not outlive it
+        stop_pid(proc, 2.0, signal.SIGKILL)
+        raise
+    stop_pid(proc)  # reaped already: only forgets it
     return proc.returncode, time.perf_counter() - start, out, err

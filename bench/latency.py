@@ -26,6 +26,7 @@ from harness import (
     System,
     read_stdout_line,
     run_timed,
+    spawn,
     stop_pid,
     wait_tree_settled,
 )
@@ -139,7 +140,7 @@ def _spawn_on_pty(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Pope
     def make_controlling() -> None:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+    proc = spawn(argv, stdin=slave, stdout=slave, stderr=slave,
                             env={**env, "TERM": "xterm"}, start_new_session=True,
                             preexec_fn=make_controlling)  # noqa: PLW1509 - no threads here
     os.close(slave)

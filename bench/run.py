@@ -34,10 +34,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH_DIR, BenchError, Lab, System, fmt_range, ratio, render_table, summary
+from harness import (
+    BENCH_DIR,
+    BenchError,
+    Lab,
+    System,
+    fmt_range,
+    interrupt,
+    ratio,
+    render_table,
+    summary,
+)
 from latency import bench_setup, echo_latency
 from scale import bench_scale
-from tcp_delay import remove_tagged_rules
+from tcp_delay import RULE_TAG, remove_tagged_rules
 from throughput import bench_throughput
 
 BENCHES = ("setup", "throughput", "scale", "interactive")
@@ -305,10 +315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds into the finally below: everything stopped
-
-    signal.signal(signal.SIGTERM, on_term)
+    # both unwind into the finally below (everything stopped), never in the middle
+    # of starting a child (harness.interrupts_deferred)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     started = time.time()
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                "argv": sys.argv, "versions": versions(),
@@ -374,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         # the servers' logs explain failures after the fact; the temp dir goes away
         lab.close(keep_logs=out.with_suffix(".logs"))
-        remove_tagged_rules()
+        remove_tagged_rules(f"{RULE_TAG}{os.getpid()}-")  # only our delays' rules
         results["seconds"] = time.time() - started
         results["tables"] = tables
         out.write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -26,6 +26,7 @@ from harness import (
     read_stdout_line,
     rss_kb,
     run_timed,
+    spawn,
     stop_pid,
     tree_memory_kb,
     wait_tree_settled,
@@ -88,7 +89,7 @@ def _hold_openssh(lab: Lab, system: System, count: int, say: Callable[[str], Non
                                 "-o", "LocalCommand=echo UP"])
 
     def one(_: int) -> bool:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env=system.env,
                                 start_new_session=True)
         with lock:

@@ -81,7 +81,9 @@ def run_nfqueue(port: int, delay: float, queue_num: int, max_seconds: float) -> 
     if os.geteuid() != 0 or shutil.which("iptables") is None:
         print("tcp_delay: nfqueue needs root and iptables", file=sys.stderr)
         return 3
-    tag = f"{RULE_TAG}{os.getpid()}"
+    # <bench pid>-<own pid>: the bench that started us removes what we leave behind
+    # (killed hard), and only that: another bench may be running beside it
+    tag = f"{RULE_TAG}{os.getppid()}-{os.getpid()}"
     nfq = NetfilterQueue()
     held: collections.deque[tuple[float, object]] = collections.deque()
 

@@ -21,6 +21,7 @@ from harness import (
     BenchError,
     Lab,
     System,
+    spawn,
     stop_pid,
     tree_cpu_seconds,
     wait_tree_settled,
@@ -63,7 +64,7 @@ def exec_cat(system: System, data: Path, size: int, digest: str, timeout: float,
     err_path = Path(system.env["HOME"]) / "client-stderr.log"
     with open(data, "rb") as stdin, open(err_path, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(system.client([remote], flags=flags), stdin=stdin,
+        proc = spawn(system.client([remote], flags=flags), stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=err, env=system.env,
                                 start_new_session=True)
     assert proc.stdout is not None

@@ -9,12 +9,17 @@ import hashlib
 import ipaddress
 import os
 import secrets
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# cryptography.x509 costs ~15-20 ms to import: the client imports this module on
+# every run (fingerprint) but needs x509 only for a host not in known_hosts, so the
+# functions that use it import it
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "SELFSIGNED_NAME",
@@ -57,6 +62,8 @@ def _add_years(when: datetime.datetime, years: int) -> datetime.datetime:
 
 
 def _san_entries(extra_names: list[str] | None) -> list[x509.GeneralName]:
+    from cryptography import x509
+
     entries: list[x509.GeneralName] = []
     seen: set[tuple[str, str]] = set()
     for name in ["*", SELFSIGNED_NAME, *(extra_names or [])]:
@@ -78,6 +85,9 @@ def _san_entries(extra_names: list[str] | None) -> list[x509.GeneralName]:
 
 
 def _build_certificate(extra_names: list[str] | None) -> tuple[x509.Certificate, bytes]:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ed25519.Ed25519PrivateKey.generate()
     public_key = key.public_key()
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION)])
@@ -186,6 +196,8 @@ def load_certificate_der(cert_path: str) -> bytes:
 
     A file without PEM armour is read as a single DER certificate.
     """
+    from cryptography import x509
+
     with open(cert_path, "rb") as f:
         data = f.read()
     if b"-----BEGIN" in data:
@@ -242,6 +254,8 @@ def is_self_signed_ca(der: bytes) -> bool:
     CA:TRUE, keyCertSign when KeyUsage is present, and a signature made by the
     certificate's own key.
     """
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
         try:
@@ -294,6 +308,8 @@ def certificate_matches_name(der: bytes, name: str) -> bool:
     with DNS SANs, case-insensitively, where ``*.rest`` covers exactly one extra
     leading label. The common name is ignored, as in Go.
     """
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -337,6 +353,7 @@ def verify_chain(leaf_der: bytes, chain_der: list[bytes], hostname: str,
     """Verify a server certificate against the system's (or `bundle`'s) trusted roots
     for `hostname`, like a browser would. Returns None when it verifies, else why
     not (for the user-facing message)."""
+    from cryptography import x509
     from cryptography.x509 import verification
 
     path = bundle or _default_bundle()

@@ -40,7 +40,14 @@ EXT_WINDOW_CHANGE = 0x2  # window-change is understood
 EXT_EXIT_SIGNAL = 0x4  # exit-signal is understood and sent
 # `direct-tcp-name@ssh3-py` channels are accepted: the server resolves the target name
 EXT_TCP_BY_NAME = 0x8
-OUR_EXTENSIONS = EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME
+# remote forwarding (-R): `reverse-tcp-listen@ssh3-py` channels are accepted and the
+# server opens `reverse-tcp@ssh3-py` channels back (docs/extensions.md)
+EXT_REVERSE_TCP = 0x10
+OUR_EXTENSIONS = (EXT_CHANNEL_EOF | EXT_WINDOW_CHANGE | EXT_EXIT_SIGNAL | EXT_TCP_BY_NAME
+                  | EXT_REVERSE_TCP)
+# (server) channels sent right behind the CONNECT, before its 200, are held until
+# authentication ends (ssh3/aio/early.py); a client announces nothing with it
+EXT_EARLY_CHANNELS = 0x40
 
 # H3 error codes used by the reference (PROTOCOL.md §6.6)
 H3_NO_ERROR = 0x100
@@ -225,6 +232,11 @@ class SSH3Connection:
 
     def is_channel(self, stream_id: int) -> bool:
         return stream_id in self._channels
+
+    def knows_stream(self, stream_id: int) -> bool:
+        """Has anything arrived (or been sent) on this stream yet?"""
+        return stream_id in self._h3_streams or stream_id in self._channels \
+            or stream_id in self._pending
 
     def channel_header(self, channel_id: int) -> ChannelHeader | None:
         state = self._channels.get(channel_id)

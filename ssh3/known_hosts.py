@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography import x509
-
 from ssh3.certs import fingerprint
 
 __all__ = [
@@ -106,7 +104,7 @@ class KnownHosts:
                 known._warn(number, "certificate is not valid base64")
                 continue
             try:
-                x509.load_der_x509_certificate(der)
+                _parse_der_certificate(der)
             except ValueError:
                 known._warn(number, "certificate does not parse as DER X.509")
                 continue
@@ -160,6 +158,46 @@ class KnownHosts:
         entry = KnownHostEntry(host, der, _count_lines(existing + line))
         self.entries.append(entry)
         return entry
+
+
+def _der_element(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at `pos`."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated")
+    tag, first = data[pos], data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise ValueError("bad length")
+        length = int.from_bytes(data[pos:pos + count], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise ValueError("length not in DER's shortest form")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated")
+    return tag, pos, pos + length
+
+
+def _parse_der_certificate(der: bytes) -> None:
+    """Raise ValueError unless `der` has the shape of a DER X.509 certificate:
+    SEQUENCE { tbsCertificate SEQUENCE, signatureAlgorithm SEQUENCE, signature
+    BIT STRING } and nothing after it. A structural check, not a full parse:
+    `cryptography.x509` costs ~15-20 ms to import on every run of the client, and
+    a line only ever counts when it equals, byte for byte, the certificate the
+    server presented (which the TLS stack parsed)."""
+    tag, start, end = _der_element(der, 0)
+    if tag != 0x30 or end != len(der):
+        raise ValueError("not a DER SEQUENCE")
+    tags = []
+    pos = start
+    while pos < end:
+        tag, _, pos = _der_element(der, pos)
+        tags.append(tag)
+    if tags != [0x30, 0x30, 0x03]:
+        raise ValueError("not an X.509 certificate")
 
 
 def _line_list(lines: list[int]) -> str:

@@ -55,6 +55,14 @@ DIRECT_CHANNEL_TYPES = frozenset({"direct-tcp", "direct-udp"})
 # a name the acceptor resolves; after MaxPacketSize: host string, port u16
 TCP_BY_NAME_CHANNEL_TYPE = "direct-tcp-name@ssh3-py"
 MAX_TARGET_HOST_LEN = 255  # a DNS name's limit
+# our extension (EXT_REVERSE_TCP, docs/extensions.md "Remote forwarding"):
+# client -> server: "listen on BindAddress:Port for me"; after MaxPacketSize:
+# BindAddress string (1..255 bytes), Port u16
+REVERSE_LISTEN_CHANNEL_TYPE = "reverse-tcp-listen@ssh3-py"
+# server -> client: "a connection arrived on listener ListenerID"; after
+# MaxPacketSize: ListenerID varint (the listen channel's stream ID), Originator
+# address string (1..255 bytes), Originator port u16
+REVERSE_TCP_CHANNEL_TYPE = "reverse-tcp@ssh3-py"
 
 
 def _text(b: bytes) -> str:
@@ -305,6 +313,18 @@ class ExitSignalRequest(ChannelRequest):
     want_reply: bool = False
 
 
+@register_request
+@dataclass(frozen=True, slots=True)
+class ReverseTcpBoundRequest(ChannelRequest):
+    """Our extension (EXT_REVERSE_TCP): on a reverse-tcp-listen@ssh3-py channel, right
+    after ChannelOpenConfirmation, the port the server's listener is bound to (the
+    allocated one when port 0 was asked for). Never sent to a reference peer."""
+
+    request_type: ClassVar[str] = "reverse-tcp-bound@ssh3-py"
+    port: int
+    want_reply: bool = False
+
+
 Message: TypeAlias = (
     ChannelOpenConfirmation
     | ChannelOpenFailure
@@ -462,8 +482,11 @@ class ChannelHeader:
     control_stream_id: int
     channel_type: str
     max_packet_size: int
-    # (IP literal, port) for direct-tcp / direct-udp; None for every other type.
+    # (IP literal, port) for direct-tcp / direct-udp; (host, port) for our
+    # direct-tcp-name and reverse-tcp types; None for every other type.
     address: tuple[str, int] | None = None
+    # reverse-tcp@ssh3-py only: the stream ID of the listen channel it belongs to
+    listener_id: int | None = None
 
     def encode(self, *, ipv4_mapped: bool = False) -> bytes:
         """Header bytes including the 8-byte signal.
@@ -491,17 +514,27 @@ class ChannelHeader:
             else:
                 out += encode_varint(AF_IPV6) + ip.packed
             out += encode_u16(port)
-        elif self.channel_type == TCP_BY_NAME_CHANNEL_TYPE:
+        elif self.channel_type in _NAMED_ADDRESS_TYPES:
             if self.address is None:
                 raise ValueError(f"{self.channel_type} header needs an address")
+            if self.channel_type == REVERSE_TCP_CHANNEL_TYPE:
+                if self.listener_id is None:
+                    raise ValueError(f"{self.channel_type} header needs a listener ID")
+                out += encode_varint(self.listener_id)
             host, port = self.address
             name = host.encode()
             if not 0 < len(name) <= MAX_TARGET_HOST_LEN:
-                raise ValueError(f"target host name of {len(name)} bytes")
+                raise ValueError(f"host name of {len(name)} bytes")
             out += encode_string(name) + encode_u16(port)
         elif self.address is not None:
             raise ValueError(f"channel type {self.channel_type!r} carries no address")
         return out
+
+
+# our types whose address is a string + u16 (the field's name for error messages)
+_NAMED_ADDRESS_TYPES = {TCP_BY_NAME_CHANNEL_TYPE: "target host",
+                        REVERSE_LISTEN_CHANNEL_TYPE: "bind address",
+                        REVERSE_TCP_CHANNEL_TYPE: "originator address"}
 
 
 def _read_address(r: Reader) -> tuple[str, int]:
@@ -522,12 +555,17 @@ def _read_header_fields(r: Reader) -> ChannelHeader:
     channel_type = _text(r.read_string(MAX_CHANNEL_TYPE_LEN, what="channel type"))
     max_packet_size = r.read_varint()
     address = _read_address(r) if channel_type in DIRECT_CHANNEL_TYPES else None
-    if channel_type == TCP_BY_NAME_CHANNEL_TYPE:
-        host = _text(r.read_string(MAX_TARGET_HOST_LEN, what="target host"))
+    listener_id = None
+    if channel_type in _NAMED_ADDRESS_TYPES:
+        if channel_type == REVERSE_TCP_CHANNEL_TYPE:
+            listener_id = r.read_varint()
+        what = _NAMED_ADDRESS_TYPES[channel_type]
+        host = _text(r.read_string(MAX_TARGET_HOST_LEN, what=what))
         if not host:
-            raise ProtocolError("empty target host")
+            raise ProtocolError(f"empty {what}")
         address = (host, r.read_u16())
-    return ChannelHeader(control_stream_id, channel_type, max_packet_size, address)
+    return ChannelHeader(control_stream_id, channel_type, max_packet_size, address,
+                         listener_id)
 
 
 def parse_header_after_signal(data: Buffer) -> tuple[ChannelHeader, int]:
@@ -626,6 +664,9 @@ __all__ = [
     "Message",
     "MessageParser",
     "PtyRequest",
+    "REVERSE_LISTEN_CHANNEL_TYPE",
+    "REVERSE_TCP_CHANNEL_TYPE",
+    "ReverseTcpBoundRequest",
     "ShellRequest",
     "SignalRequest",
     "SubsystemRequest",

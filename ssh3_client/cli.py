@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+# imports cost start-up time on every run: what only some runs need (asyncio and
+# the QUIC stack, forwarding, SOCKS, -W) is imported where it is used
 import contextlib
 import getpass
 import logging
@@ -43,6 +44,11 @@ flags:
                        the server (OpenSSH syntax; HOST is resolved here); repeatable
   -forward-tcp LPORT/IP@PORT  the same, reference syntax (listens on 127.0.0.1)
   -forward-udp LPORT/IP@PORT  forward local UDP port LPORT to IP:PORT; repeatable
+  -R [BIND:]PORT:HOST:HOSTPORT  remote forwarding: the server listens on PORT
+                       (loopback unless BIND is given and the server allows it; 0 picks
+                       a port, printed as "Allocated port N ...") and each connection
+                       is relayed to HOST:HOSTPORT from here; ssh3-py servers only;
+                       repeatable (-o ExitOnForwardFailure=yes: exit if refused)
   -D [BIND:]PORT       dynamic forwarding: a SOCKS4/4a/5 server on PORT (127.0.0.1
                        unless BIND is given); names are resolved on the server when
                        it supports that (ssh3-py servers), else here; repeatable
@@ -73,6 +79,7 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
                 "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward",
                 "-use-oidc": "use_oidc", "-oidc-config": "oidc_config",
+                "-R": "remote_forward",
                 "-J": "proxy_jump", "-proxy-jump": "proxy_jump"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
@@ -90,12 +97,11 @@ _IGNORED_VALUE = {"-c", "-m", "-E", "-S", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
-_UNSUPPORTED = {"-R": "remote forwarding (-R)",
-                "-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
+_UNSUPPORTED = {"-O": "connection multiplexing (-O)", "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-M": "connection multiplexing (-M)", "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-R", "-O", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-O", "-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -130,6 +136,8 @@ class Args:
     target_host: str = ""
     forward_agent: bool = False
     dynamic: list = field(default_factory=list)  # ssh3_client.socks.SocksSpec (-D)
+    # ssh3_client.reverse_forwarding.RemoteForwardSpec (-R, RemoteForward)
+    remote_forwards: list = field(default_factory=list)
     config_file: str | None = None  # -F
     hostname: str | None = None  # HostName from the config: the alias's real name
     null_stdin: bool = False  # -n
@@ -227,6 +235,14 @@ def _set_value(args: Args, key: str, value: str) -> None:
                                  else parse_reference_spec(value, key[-3:]))  # type: ignore[arg-type]
         except ForwardError as exc:
             raise UsageError(str(exc)) from None
+    elif key == "remote_forward":
+        from .forwarding import ForwardError
+        from .reverse_forwarding import parse_remote_forward
+
+        try:
+            args.remote_forwards.append(parse_remote_forward(value))
+        except ForwardError as exc:
+            raise UsageError(str(exc)) from None
     elif key == "dynamic":
         from .forwarding import ForwardError
         from .socks import parse_dynamic_forward
@@ -297,19 +313,20 @@ async def _run(args: Args, target: Target) -> int:
         open_connection,
         wait_settings,
     )
+    from ssh3.aio.conversation import Conversation
     from ssh3.known_hosts import canonical_host, default_path
 
     from . import proxyjump
     from .agent_forwarding import AgentChannels, agent_socket
+    from .early_session import EarlySession, plain_session
     from .escape import parse_escape_char
-    from .forwarding import ForwardError, Forwarding, forward_until_stopped
+    from .forwarding import ForwardError
     from .hostkeys import HostKeyVerifier
     from .identities import load_identities
     from .keepalive import KeepaliveError, run_with_keepalive
     from .keepalive import settings as keepalive_settings
+    from .reverse_forwarding import RemoteForwarding
     from .session import SessionRequest, run_session
-    from .socks import DynamicForwarding
-    from .stdio_forward import stdio_forward
 
     args.target_host = target.host
     identities = await load_identities(args)
@@ -349,22 +366,43 @@ async def _run(args: Args, target: Target) -> int:
         async with contextlib.AsyncExitStack() as jumps, \
                 open_connection(await proxyjump.chain_params(jumps, args, hops, params)) \
                 as protocol:
-            conv = await establish(protocol, params)
             # server-opened channels: agent connections with -A, reset otherwise
-            AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+            def agent_channels(conv: Conversation) -> None:
+                AgentChannels(conv, args.forward_agent, agent_socket(args.options))
+
+            early = EarlySession(request, stdin_fd, agent_channels) if plain_session(
+                args.no_command, args.stdio_forward, [*args.forwards, *args.remote_forwards],
+                args.dynamic) else None
+            conv = await establish(protocol, params, early=early.open if early else None)
+            if early is None or not early.used_on(conv):
+                agent_channels(conv)
             await wait_settings(protocol)
 
             async def work() -> int:
+                channel = early.channel_for(conv) if early is not None else None
+                if channel is not None and not (request.pty and os.isatty(stdin_fd)):
+                    # no listeners, and no ~C to add any (escapes need a terminal)
+                    return await run_session(conv, request, stdin_fd=stdin_fd, channel=channel)
+                from .forwarding import Forwarding, forward_until_stopped
+                from .socks import DynamicForwarding
+
                 if args.stdio_forward is not None:
+                    from .stdio_forward import stdio_forward
+
                     # OpenSSH's -W implies ClearAllForwardings: no -L/-D listeners
                     return await stdio_forward(conv, args.stdio_forward, stdin_fd=stdin_fd)
                 # listeners are up before the session starts, and close when it ends
+                exit_on_failure = args.options.get("exitonforwardfailure", "").lower() \
+                    in ("yes", "true", "on")
                 async with Forwarding(conv, args.forwards) as forwarding, \
-                        DynamicForwarding(conv, args.dynamic) as dynamic:
+                        DynamicForwarding(conv, args.dynamic) as dynamic, \
+                        RemoteForwarding(conv, args.remote_forwards,
+                                         exit_on_failure=exit_on_failure):
                     if args.no_command:
                         return await forward_until_stopped(conv)
                     return await run_session(conv, request, stdin_fd=stdin_fd,
-                                             forwarding=forwarding, dynamic=dynamic)
+                                             forwarding=forwarding, dynamic=dynamic,
+                                             channel=channel)
 
             # PINGs: ServerAliveInterval/CountMax, else a plain keep-alive (idle timeout)
             return await run_with_keepalive(protocol, work(), args.options, target.host)
@@ -380,6 +418,7 @@ async def _run_until_hangup(args: Args, target: Target) -> int:
     """SIGHUP (the terminal went away) or SIGTERM end the run through the normal
     cleanup, so the server hears CONNECTION_CLOSE at once and hangs up the session
     instead of waiting for its idle timeout; exit 255 as OpenSSH does."""
+    import asyncio
     import signal
 
     loop = asyncio.get_running_loop()
@@ -456,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255
+    import asyncio
+
     try:
         code = asyncio.run(_run_until_hangup(args, target))
     except KeyboardInterrupt:

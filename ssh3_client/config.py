@@ -333,8 +333,16 @@ def apply_to_args(args: Any) -> Resolved:
             args.options[key] = values[0]
     if _yes(resolved.get("clearallforwardings")):
         args.forwards.clear()  # like OpenSSH, also those of the command line (scp sets it)
-    else:
+        args.remote_forwards.clear()
+    elif resolved.get_all("localforward") or resolved.get_all("remoteforward"):
         from .forwarding import ForwardError, parse_local_forward
+        from .reverse_forwarding import parse_config_remote_forward
+
+        for value in resolved.get_all("remoteforward"):
+            try:
+                args.remote_forwards.append(parse_config_remote_forward(value))
+            except ForwardError as exc:
+                raise ConfigError(f"RemoteForward {value!r}: {exc}") from None
 
         for value in resolved.get_all("localforward"):
             try:

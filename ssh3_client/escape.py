@@ -4,7 +4,6 @@ it asks for (terminal modes, suspending, the `~C` command line)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -262,6 +261,8 @@ class EscapeHandler:
         """The keep-alive of the forwarding context only runs if it had forwards at
         the start: a forward added at run time needs it too."""
         if getattr(owner, attr, "absent") is None and getattr(owner, "keepalive", 1) > 0:
+            import asyncio  # not at import: `ssh3 -G` parses -e without an event loop
+
             setattr(owner, attr, asyncio.ensure_future(owner._keep_alive()))
 
     async def _cancel(self, owner: Any, text: str) -> None:

@@ -12,7 +12,7 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
-from ssh3.aio.channel import ChannelClosed
+from ssh3.aio.channel import Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import EXT_CHANNEL_EOF, EXT_WINDOW_CHANGE
 from ssh3.messages import (
@@ -61,12 +61,9 @@ def _signal_number(name: str) -> int | None:
         return None
 
 
-async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
-                      stdout_fd: int = 1, stderr_fd: int = 2, forwarding: Any = None,
-                      dynamic: Any = None) -> int:
-    """Run one session to its end and return the exit code the program should use."""
-    loop = asyncio.get_running_loop()
-    extensions = conv.peer_extensions
+def open_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0) -> Channel:
+    """Open the session channel and queue its requests (no waiting: this also runs
+    right behind the CONNECT, before its answer, with EXT_EARLY_CHANNELS)."""
     channel = conv.open_channel("session")
     size = terminal_size(stdin_fd) if request.pty else None
     if request.forward_agent:
@@ -80,6 +77,19 @@ async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int
         channel.send(SubsystemRequest(os.fsdecode(request.command), want_reply=True))
     else:
         channel.send(ExecRequest(request.command, want_reply=True))
+    return channel
+
+
+async def run_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0,
+                      stdout_fd: int = 1, stderr_fd: int = 2, forwarding: Any = None,
+                      dynamic: Any = None, channel: Channel | None = None) -> int:
+    """Run one session to its end and return the exit code the program should use.
+    `channel`: the session channel `open_session` opened already (early)."""
+    loop = asyncio.get_running_loop()
+    extensions = conv.peer_extensions
+    if channel is None:
+        channel = open_session(conv, request, stdin_fd)
+    size = terminal_size(stdin_fd) if request.pty else None
 
     stdin = StdinReader(stdin_fd, loop)
     stdin.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -11,6 +10,10 @@ import termios
 import threading
 import tty
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 STDIN_CHUNK = 32768
 
@@ -62,6 +65,8 @@ class StdinReader:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop, depth: int = 8) -> None:
         self.fd = fd
         self._loop = loop
+        import asyncio  # here: `ssh3 -G` imports this module without running a loop
+
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._slots = threading.Semaphore(depth)
         self._thread = threading.Thread(target=self._run, name="ssh3-stdin", daemon=True)

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse direct-udp channels (the client's -forward-udp)")
     p.add_argument("-disable-agent-forwarding", action="store_true",
                    help="ignore the client's agent forwarding request (-A)")
+    p.add_argument("-disable-remote-forwarding", action="store_true",
+                   help="refuse the client's remote forwarding requests (-R)")
+    p.add_argument("-gateway-ports", action="store_true",
+                   help="let -R listen on the address the client asks for (e.g. * for "
+                        "every interface); by default its listeners are on loopback only, "
+                        "like sshd's GatewayPorts no")
     p.add_argument("-subsystem", action="append", default=[], metavar="NAME=COMMAND",
                    help="run COMMAND (with the user's shell, like exec) for subsystem NAME; "
                         "repeatable; an empty COMMAND removes NAME (default: sftp=the "
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                           allow_tcp_forwarding=not args.disable_tcp_forwarding,
                           allow_udp_forwarding=not args.disable_udp_forwarding,
                           allow_agent_forwarding=not args.disable_agent_forwarding,
+                          allow_remote_forwarding=not args.disable_remote_forwarding,
+                          gateway_ports=args.gateway_ports,
                           subsystems=subsystems,
                           permit_user_environment=args.permit_user_environment,
                           trusted_user_ca_keys=args.trusted_user_ca_keys)

@@ -15,7 +15,11 @@ from ssh3.aio.conversation import Conversation
 from ssh3.aio.protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 from ssh3.backends import Backend, get_backend
 from ssh3.connection import H3_NO_ERROR, H3_REQUEST_INCOMPLETE, RequestReceived
-from ssh3.messages import ChannelOpenConfirmation, ChannelOpenFailure
+from ssh3.messages import (
+    REVERSE_LISTEN_CHANNEL_TYPE,
+    ChannelOpenConfirmation,
+    ChannelOpenFailure,
+)
 from ssh3.version import OUR_VERSION, is_supported, parse_version, unsupported_version_body
 
 from .authenticate import Authenticator, AuthSettings
@@ -29,6 +33,7 @@ from .forwarding import (
 from .hooks import LoginAttempt, ServerHooks, SessionInfo, authenticate, call, forward_permitted
 from .penalties import PenaltyBox, PenaltyPolicy
 from .permissions import Permissions
+from .reverse_forwarding import ReverseContext, serve_listen_channel
 from .sessions import Session, SessionContext, default_subsystems
 
 log = logging.getLogger("ssh3.server")
@@ -64,6 +69,9 @@ class ServerConfig:
     # PermitUserEnvironment); -trusted-user-ca-keys FILE (sshd's TrustedUserCAKeys)
     permit_user_environment: bool = False
     trusted_user_ca_keys: str | None = None
+    # -disable-remote-forwarding refuses -R; -gateway-ports lets -R bind non-loopback
+    allow_remote_forwarding: bool = True
+    gateway_ports: bool = False
     # -subsystem NAME=COMMAND; by default sftp → the system's sftp-server if present
     subsystems: dict[str, str] = field(default_factory=default_subsystems)
 
@@ -76,6 +84,8 @@ def _date() -> bytes:
 
 
 class SSH3Server(ProtocolHandler):
+    early_channels = True  # EXT_EARLY_CHANNELS: hold channels sent before the 200
+
     def __init__(self, config: ServerConfig, hooks: ServerHooks | None = None) -> None:
         self.config = config
         self.hooks = hooks or ServerHooks()  # defaults: today's behaviour
@@ -101,7 +111,8 @@ class SSH3Server(ProtocolHandler):
         """What the server's flags allow every login."""
         return Permissions(allow_agent_forwarding=self.config.allow_agent_forwarding,
                            allow_tcp_forwarding=self.config.allow_tcp_forwarding,
-                           allow_udp_forwarding=self.config.allow_udp_forwarding)
+                           allow_udp_forwarding=self.config.allow_udp_forwarding,
+                           allow_remote_forwarding=self.config.allow_remote_forwarding)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -168,6 +179,7 @@ class SSH3Server(ProtocolHandler):
                 or pseudo.get(b":protocol") != b"ssh3":
             self._respond_not_found(protocol, event)
             return
+        protocol.expect_early_channels(event.stream_id)
         self._spawn(self._handle_connect(protocol, event, target, regular))
 
     def _path_matches(self, path: str) -> bool:
@@ -210,6 +222,14 @@ class SSH3Server(ProtocolHandler):
 
     async def _handle_connect(self, protocol: SSH3Protocol, event: RequestReceived,
                               target: str, headers: dict[bytes, bytes]) -> None:
+        try:
+            await self._connect(protocol, event, target, headers)
+        finally:
+            # not released to a conversation: nothing of the early channels runs
+            protocol.discard_early_channels(event.stream_id, "the CONNECT was refused")
+
+    async def _connect(self, protocol: SSH3Protocol, event: RequestReceived,
+                       target: str, headers: dict[bytes, bytes]) -> None:
         peer = protocol._peer_text()
         agent = headers.get(b"user-agent", b"").decode("utf-8", "replace")
         try:
@@ -277,6 +297,7 @@ class SSH3Server(ProtocolHandler):
         info = SessionInfo(user.name, ctx.peer, ctx.local, event.stream_id, login.method,
                            login.fingerprint)
         call(self.hooks.session_started, info)
+        protocol.release_early_channels(conv)
         conv.add_end_callback(
             lambda c: log.info("conversation %d for %s ended: %s", c.control_stream_id,
                                user.name, c.end_reason))
@@ -297,6 +318,11 @@ class SSH3Server(ProtocolHandler):
                 ForwardingPolicy(allow_tcp=self.config.allow_tcp_forwarding,
                                  allow_udp=self.config.allow_udp_forwarding,
                                  permissions=ctx.permissions))
+            return
+        if channel.channel_type == REVERSE_LISTEN_CHANNEL_TYPE:
+            await serve_listen_channel(conv, channel, ReverseContext(
+                ctx.user.name, ctx.user.uid, ctx.peer, ctx.permissions,
+                self.config.gateway_ports))
             return
         if channel.channel_type == "session":
             # like the reference, confirm as we accept (the opener does not wait)

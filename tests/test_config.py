@@ -155,6 +155,6 @@ def test_openssh_argument_shapes() -> None:
     a = parse_args(["-J", "u@jump:4443/p,second", "-proxy-jump=x", "h"])
     assert a.proxy_jump == "x" and a.target == "h"
     assert parse_args(["-Jjump", "h"]).proxy_jump == "jump"
-    for bad in (["-R", "1:h:2", "h"], ["-Z", "h"], ["-nZ", "h"], ["-w", "0", "h"]):
+    for bad in (["-R", "1:h", "h"], ["-Z", "h"], ["-nZ", "h"], ["-w", "0", "h"]):
         with pytest.raises(UsageError):
             parse_args(bad)

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 from ..auth.jwt_token import build_token
 from ..backends import Backend, get_backend
 from ..connection import (
+    EXT_EARLY_CHANNELS,
     ConnectionTerminated,
     HttpDataReceived,
     HttpStreamReset,
@@ -27,6 +28,7 @@ from ..connection import (
 from ..version import OUR_VERSION, Version, parse_version, pick_retry_version
 from . import jump
 from .conversation import Conversation
+from .early_client import SETTINGS_WAIT, EarlyOpener, drop_early, open_early
 from .protocol import ProtocolHandler, SSH3Protocol, protocol_factory
 
 log = logging.getLogger("ssh3.client")
@@ -192,10 +194,10 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
             await asyncio.wait_for(cm.__aexit__(None, None, None), 2.0)
 
 
-async def send_connect(protocol: SSH3Protocol, params: ConnectParams, authorization: str,
-                       version: Version = OUR_VERSION, timeout: float = 15.0) -> Response:
-    """One CONNECT request; returns the response (body read only when the server
-    ends the stream: a 401 from the reference stays open, Q13)."""
+def start_connect(protocol: SSH3Protocol, params: ConnectParams, authorization: str,
+                  version: Version = OUR_VERSION) -> int:
+    """Send one CONNECT request's headers; returns its stream ID (the control stream
+    ID of the conversation it will open)."""
     headers = [
         (b":method", b"CONNECT"),
         (b":protocol", b"ssh3"),
@@ -207,8 +209,22 @@ async def send_connect(protocol: SSH3Protocol, params: ConnectParams, authorizat
         *params.extra_headers,
     ]
     sid = protocol.connection.send_request(headers)
-    queue = protocol.http_events(sid)
+    protocol.http_events(sid)
     protocol.transmit_soon()
+    return sid
+
+
+async def send_connect(protocol: SSH3Protocol, params: ConnectParams, authorization: str,
+                       version: Version = OUR_VERSION, timeout: float = 15.0) -> Response:
+    """One CONNECT request; returns the response (body read only when the server
+    ends the stream: a 401 from the reference stays open, Q13)."""
+    sid = start_connect(protocol, params, authorization, version)
+    return await read_response(protocol, sid, timeout)
+
+
+async def read_response(protocol: SSH3Protocol, sid: int, timeout: float = 15.0) -> Response:
+    """The response to the CONNECT sent on stream `sid`."""
+    queue = protocol.http_events(sid)
 
     async def next_event(wait: float) -> Any:
         try:
@@ -274,11 +290,23 @@ async def _prepare(protocol: SSH3Protocol, identity: Identity, user: str,
                 await task
 
 
-async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversation:
-    """Authenticate with each identity in turn; return the conversation on 200."""
+async def establish(protocol: SSH3Protocol, params: ConnectParams,
+                    early: EarlyOpener | None = None) -> Conversation:
+    """Authenticate with each identity in turn; return the conversation on 200.
+
+    `early(conv)`: opens the conversation's channels. When the server announced
+    EXT_EARLY_CHANNELS it is called right behind each CONNECT, before the answer (the
+    server holds those channels until authentication ends: one round trip saved);
+    on a refusal they are dropped and the next attempt calls it again. Without the
+    extension (the reference) `early` is not called: the caller opens its channels
+    after the 200, as usual."""
     conv_id = protocol.connection.conversation_id
     if conv_id is None:
         raise SSH3ClientError("the TLS exporter is unavailable (handshake incomplete)")
+    if early is not None:
+        await wait_settings(protocol, SETTINGS_WAIT)
+        if not protocol.connection.peer_extensions & EXT_EARLY_CHANNELS:
+            early = None
     tried: list[str] = []
     skipped: list[str] = []
     for identity in params.identities:
@@ -290,7 +318,15 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversati
             continue
         version = OUR_VERSION
         for _attempt in range(5):
-            response = await send_connect(protocol, params, authorization, version)
+            early_conv = None
+            if early is None:
+                response = await send_connect(protocol, params, authorization, version)
+            else:
+                sid = start_connect(protocol, params, authorization, version)
+                early_conv = open_early(protocol, sid, early)
+                response = await read_response(protocol, sid)
+                if response.status != 200:
+                    drop_early(early_conv, f"the server answered {response.status}")
             if response.status != 403:
                 break
             server = response.server_version
@@ -305,7 +341,7 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams) -> Conversati
         if response.status == 200:
             if response.server_version is None:
                 log.warning("the server sent no valid version string")
-            conv = Conversation(protocol, response.stream_id)
+            conv = early_conv or Conversation(protocol, response.stream_id)
             protocol.forget_http(response.stream_id)
             return conv
         if response.status == 401:

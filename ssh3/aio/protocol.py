@@ -13,6 +13,7 @@ from ..backends import Backend
 from ..messages import ChannelHeader
 from .channel import Channel
 from .conversation import Conversation
+from .early import EarlyChannels
 
 log = logging.getLogger("ssh3.aio")
 
@@ -23,6 +24,10 @@ _classes: dict[str, type] = {}
 
 class ProtocolHandler:
     """What the program above the driver reacts to (a server or a client)."""
+
+    # a server that calls expect/release/discard_early_channels around its
+    # authentication announces EXT_EARLY_CHANNELS and has early channels held
+    early_channels = False
 
     def request_received(self, protocol: SSH3Protocol, event: c.RequestReceived) -> None:
         protocol.connection.send_headers(event.stream_id, [(b":status", b"404")], end_stream=True)
@@ -65,7 +70,11 @@ class SSH3ProtocolMixin:
     def setup(self, handler: ProtocolHandler) -> None:
         self.handler = handler
         is_client = bool(self._quic.configuration.is_client)
-        self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client)
+        self._hold_early = handler.early_channels and not is_client
+        extensions = c.OUR_EXTENSIONS | (c.EXT_EARLY_CHANNELS if self._hold_early else 0)
+        self.connection = c.SSH3Connection(self._quic, self.backend, is_client=is_client,
+                                           extensions=extensions)
+        self.early: EarlyChannels[Channel] = EarlyChannels()
         self.backend.install_receive_window(self._quic, RECEIVE_WINDOW)
         self.conversations: dict[int, Conversation] = {}
         self.channels: dict[int, Channel] = {}
@@ -120,6 +129,9 @@ class SSH3ProtocolMixin:
             raise
 
     def transmit(self) -> None:
+        if self._hold_early and not self.handshake_done.is_set():
+            # our SETTINGS (EXT_EARLY_CHANNELS) in the first flight, before the CONNECT
+            self.backend.release_early_streams(self._quic)
         # every receive, timer and send ends here: the moment send buffers shrink
         super().transmit()  # type: ignore[misc]
         self._wake_writers()
@@ -168,6 +180,11 @@ class SSH3ProtocolMixin:
             channel = self.channels.get(ev.channel_id)
             if channel is not None:
                 channel._feed(ev.message, ev.size)
+                if ev.size and self.early.is_held(ev.channel_id):
+                    over = self.early.add_bytes(ev.channel_id, ev.size)
+                    for held in over:
+                        self._reset_held(held, "more than "
+                                         f"{self.early.max_bytes} bytes before authentication")
             else:
                 self.consume(ev.channel_id, ev.size)
         elif isinstance(ev, c.ChannelOpened):
@@ -195,6 +212,9 @@ class SSH3ProtocolMixin:
                 conv._datagram_received(ev.channel_id, ev.payload)
         elif isinstance(ev, c.RequestReceived):
             self.handler.request_received(self, ev)  # type: ignore[arg-type]
+            if not self.early.is_expected(ev.stream_id):
+                # channels that named this stream before it arrived: no CONNECT after all
+                self.discard_early_channels(ev.stream_id, "the request is not a CONNECT")
         elif isinstance(ev, c.ResponseReceived | c.HttpDataReceived | c.HttpStreamReset):
             queue = self._http_waiters.get(ev.stream_id)
             if queue is not None:
@@ -212,6 +232,9 @@ class SSH3ProtocolMixin:
 
     def _channel_opened(self, channel_id: int, header: ChannelHeader) -> None:
         conv = self.conversations.get(header.control_stream_id)
+        if (conv is None or not conv.accepting) and self._hold_early \
+                and self._hold_channel(channel_id, header):
+            return
         if conv is None or not conv.accepting:
             # like the reference (§3.6): no such conversation -> reset the stream
             log.info("channel %d names unknown conversation %d; reset", channel_id,
@@ -224,7 +247,53 @@ class SSH3ProtocolMixin:
         self.channels[channel_id] = channel
         conv._channel_opened(channel)
 
+    def _hold_channel(self, channel_id: int, header: ChannelHeader) -> bool:
+        """EXT_EARLY_CHANNELS: keep a channel whose CONNECT is being authenticated
+        (or has not arrived yet) until the server's answer, or reset it past the caps;
+        False: no CONNECT is pending for it (the caller resets it as unknown)."""
+        control = header.control_stream_id
+        unannounced = (control % 4 == 0 and control < channel_id
+                       and not self.connection.knows_stream(control))
+        channel = Channel(self, channel_id, header, local=False)  # type: ignore[arg-type]
+        held, reason = self.early.admit(control, channel_id, channel, unannounced)
+        if not held and not reason:
+            return False  # nothing names this control stream: the usual reset
+        self.channels[channel_id] = channel
+        if not held:
+            self._reset_held(channel, reason)
+            return True
+        log.info("channel %d held until conversation %d is authenticated", channel_id,
+                 control)
+        return True
+
+    def expect_early_channels(self, control_stream_id: int) -> None:
+        """Server: a CONNECT on this stream is being authenticated; hold its channels."""
+        if self._hold_early:
+            self.early.expect(control_stream_id)
+
+    def release_early_channels(self, conv: Conversation) -> None:
+        """Server: 200 sent; the held channels go to the conversation, oldest first."""
+        for channel in self.early.release(conv.control_stream_id):
+            if channel.error is None:
+                conv._channel_opened(channel)
+
+    def discard_early_channels(self, control_stream_id: int, reason: str) -> None:
+        """Server: the CONNECT was refused; its held channels are reset, unread."""
+        for channel in self.early.discard(control_stream_id):
+            self._reset_held(channel, reason)
+
+    def _reset_held(self, channel: Channel, reason: str) -> None:
+        log.info("channel %d held for conversation %d from %s dropped: %s",
+                 channel.channel_id, channel.control_stream_id, self._peer_text(), reason)
+        self.early.forget(channel.channel_id)
+        self.connection.reset_stream(channel.channel_id, c.H3_REQUEST_INCOMPLETE)
+        self.connection.stop_stream(channel.channel_id, c.H3_REQUEST_INCOMPLETE)
+        channel._feed_error(f"dropped before authentication: {reason}")
+        self.forget_channel(channel.channel_id)
+        self.transmit_soon()
+
     def _channel_failed(self, channel_id: int, reason: str) -> None:
+        self.early.forget(channel_id)
         channel = self.channels.get(channel_id)
         if channel is not None:
             channel._feed_error(reason)
@@ -235,6 +304,7 @@ class SSH3ProtocolMixin:
             return
         self.termination = ev
         self.terminated.set()
+        self.early.discard_all()
         reason = f"connection closed ({ev.error_code:#x} {ev.reason})".strip()
         for channel in list(self.channels.values()):
             channel._feed_error(reason)

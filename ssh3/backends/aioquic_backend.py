@@ -5,18 +5,22 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import aioquic.asyncio
-import aioquic.h3.connection
-import aioquic.h3.events
-import aioquic.quic.configuration
-import aioquic.quic.connection
-import aioquic.quic.events
-import aioquic.tls
-from cryptography.hazmat.primitives.serialization import Encoding
+from .lazy import defer_import
 
-from .. import exporter
-from .base import Backend
-from .over import connect_over
+defer_import("service_identity")  # before aioquic.tls imports it
+
+import aioquic.asyncio  # noqa: E402
+import aioquic.h3.connection  # noqa: E402
+import aioquic.h3.events  # noqa: E402
+import aioquic.quic.configuration  # noqa: E402
+import aioquic.quic.connection  # noqa: E402
+import aioquic.quic.events  # noqa: E402
+import aioquic.tls  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+
+from .. import exporter  # noqa: E402
+from .base import Backend  # noqa: E402
+from .over import connect_over  # noqa: E402
 
 # quic-go reads at most 1452-byte UDP payloads; never grow beyond that
 MAX_ADOPTED_PACKET_SIZE = 1452
@@ -79,6 +83,19 @@ def _packet_size(quic: Any) -> int:
     return int(quic._max_datagram_size)
 
 
+def _release_early_streams(quic: Any) -> None:
+    """aioquic creates a stream opened before the peer's transport parameters arrive
+    (our server's HTTP/3 control stream, made with the connection) as blocked, and
+    unblocks it only when the handshake completes, so a server's SETTINGS reach the
+    client a round trip after its handshake. The parameters come in the ClientHello:
+    once they are here the stream limits are known and the stream may go out with
+    the server's first flight (0.5-RTT data, RFC 9000 §7; RFC 9114 §6.2.1). The
+    client needs them then to know EXT_EARLY_CHANNELS before its CONNECT."""
+    if (quic._streams_blocked_uni and quic._remote_max_streams_uni
+            and quic._remote_max_stream_data_uni):
+        quic._unblock_streams(is_unidirectional=True)
+
+
 def make_backend() -> Backend:
     exporter.install(aioquic.tls)
     return Backend(
@@ -99,6 +116,7 @@ def make_backend() -> Backend:
         configure_client=_configure_client,
         install_receive_window=_install_receive_window,
         consume=_consume,
+        release_early_streams=_release_early_streams,
         connect_over=functools.partial(connect_over, aioquic.quic.connection.QuicConnection),
         adopt_packet_size=_adopt_packet_size,
         packet_size=_packet_size,

@@ -30,6 +30,9 @@ class Backend:
     configure_client: Callable[[Any], None]
     install_receive_window: Callable[[Any, int], None]
     consume: Callable[[Any, int, int], None]
+    # server: let streams opened before the client's transport parameters were known
+    # (the HTTP/3 control stream with SETTINGS) go out in the first flight (0.5-RTT)
+    release_early_streams: Callable[[Any], None] = lambda quic: None
     # connect_over(transport, addr, configuration=, create_protocol=): an async
     # context manager like `connect`, over a datagram transport we supply (proxy jump)
     connect_over: Callable[..., Any] | None = None

@@ -13,7 +13,6 @@ import qh3.quic.configuration
 import qh3.quic.connection
 import qh3.quic.events
 import qh3.tls
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import exporter
@@ -42,6 +41,8 @@ def _der(cert: Any) -> bytes:
             return cert.public_bytes(Encoding.DER)
         except TypeError:
             return bytes(cert.public_bytes())
+    from cryptography import x509  # rarely needed; costly to import
+
     return x509.load_pem_x509_certificate(str(cert).encode()).public_bytes(Encoding.DER)
 
 
