@@ -22,14 +22,12 @@ import getpass
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ssh3.aio.client import ConnectParams, SSH3ClientError, establish, open_connection
-from ssh3.aio.conversation import Conversation
-from ssh3.aio.jump import hop_backend as jump_backend
-from ssh3.aio.jump import hop_packet_size
-from ssh3.known_hosts import canonical_host, default_path
+if TYPE_CHECKING:  # the QUIC stack is imported only to connect (ssh3 -G stays light)
+    from ssh3.aio.client import ConnectParams
+    from ssh3.aio.conversation import Conversation
 
 log = logging.getLogger("ssh3.proxyjump")
 
@@ -168,6 +166,11 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
     """Open the conversations with every jump host, each through the previous one;
     returns the last one (which carries the destination) and its label. `stack`
     closes them, innermost first, after the destination's connection."""
+    from ssh3.aio.client import ConnectParams, SSH3ClientError, establish, open_connection
+    from ssh3.aio.jump import hop_backend as jump_backend
+    from ssh3.aio.jump import hop_packet_size
+    from ssh3.known_hosts import canonical_host
+
     from .hostkeys import HostKeyVerifier
     from .identities import load_identities
 
@@ -205,6 +208,8 @@ async def open_chain(stack: contextlib.AsyncExitStack, args: Any, hops: list[Hop
 
 
 def _host_key_policy(args: Any) -> tuple[str, str]:
+    from ssh3.known_hosts import default_path
+
     options = getattr(args, "options", {}) or {}
     known_hosts = os.path.expanduser(options.get("userknownhostsfile", "") or default_path())
     strict = options.get("stricthostkeychecking", "ask").lower()
