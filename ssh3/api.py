@@ -27,12 +27,15 @@ from .aio.client import (
     ConnectParams,
     HostKeyError,
     Identity,
+    SSH3ClientError,
     establish,
     open_connection,
     private_key_identity,
     wait_settings,
 )
 from .aio.conversation import Conversation
+from .aio.jump import hop_backend as jump_backend
+from .aio.jump import hop_packet_size
 from .auth.keys import load_private_key
 from .client_process import (
     ChannelOpenError,
@@ -324,7 +327,8 @@ def connect(destination: str, *, port: int | None = None, path: str | None = Non
                   known_hosts: str | Sequence[bytes] | None = None, accept_new: bool = False,
                   insecure: bool = False, backend: str | None = None,
                   connect_timeout: float = 15.0,
-                  keepalive_interval: float = KEEPALIVE_INTERVAL
+                  keepalive_interval: float = KEEPALIVE_INTERVAL,
+                  tunnel: str | Sequence[str] | None = None
                   ) -> AwaitableContext[Connection]:
     """Connect and authenticate to `[user@]host[:port][/path]`: `async with
     ssh3.connect(...) as conn`, or `conn = await ssh3.connect(...)` then
@@ -334,14 +338,25 @@ def connect(destination: str, *, port: int | None = None, path: str | None = Non
     id_rsa that exist). `known_hosts`: a known_hosts file (default
     ~/.ssh3/known_hosts), or the server certificates (DER) to accept, nothing else.
     Raises `ssh3.aio.client.SSH3ClientError` subclasses on failure (HostKeyError,
-    AuthenticationFailed, ServerNotFound, …)."""
+    AuthenticationFailed, ServerNotFound, …).
+
+    `tunnel`: jump hosts to go through, `"[user@]host[:port][/path]"` or several
+    (a list, or comma-separated), like `ssh3 -J`; each is authenticated with the same
+    keys and checked against the same known_hosts (docs/proxyjump.md)."""
     host, the_port, the_path, user = _parse_destination(destination, port, path, username)
+    if isinstance(tunnel, str):
+        tunnel = [hop.strip() for hop in tunnel.split(",")]
+    hops = [_parse_destination(hop, None, None, None) for hop in tunnel or []]
     pinned = None if known_hosts is None or isinstance(known_hosts, str) else list(known_hosts)
     known_path = os.path.expanduser(
         known_hosts if isinstance(known_hosts, str) else default_path())
-    canonical = canonical_host(host, the_port, the_path)
 
-    async def verify(der: bytes, chain: list[bytes] | None = None) -> None:
+    def verifier(canonical: str) -> Any:
+        async def verify(der: bytes, chain: list[bytes] | None = None) -> None:
+            await _verify(canonical, der)
+        return verify
+
+    async def _verify(canonical: str, der: bytes) -> None:
         if pinned is not None:
             if der not in pinned:
                 raise HostKeyError(f"the certificate of {canonical} is not one of the "
@@ -359,14 +374,35 @@ def connect(destination: str, *, port: int | None = None, path: str | None = Non
                                "accept_new=True to remember it on first use")
         known.add(canonical, der)
 
-    params = ConnectParams(host=host, port=the_port, path=the_path, user=user,
-                           identities=_identities(client_keys), backend=backend,
-                           insecure=insecure, verify_certificate=verify,
-                           connect_timeout=connect_timeout)
+    def params_for(host: str, port: int, path: str, user: str, carried: int,
+                   hop_backend: str | None) -> ConnectParams:
+        return ConnectParams(host=host, port=port, path=path, user=user,
+                             identities=_identities(client_keys), backend=hop_backend,
+                             insecure=insecure,
+                             verify_certificate=verifier(canonical_host(host, port, path)),
+                             connect_timeout=connect_timeout,
+                             max_datagram_size=hop_packet_size(carried) if carried else None)
+
+    params = params_for(host, the_port, the_path, user, 0, backend)
 
     async def open() -> Connection:
         stack = contextlib.AsyncExitStack()
         try:
+            via, label = None, ""
+            for index, (h, p, pa, u) in enumerate(hops):  # each through the one before
+                carried = len(hops) - index
+                hop_params = params_for(h, p, pa, u, carried,
+                                        jump_backend(backend, hop_packet_size(carried)))
+                hop_params.via, hop_params.via_label = via, label
+                label = f"{u}@{h}:{p}{pa}"
+                try:
+                    hop_protocol = await stack.enter_async_context(
+                        open_connection(hop_params))
+                    via = await establish(hop_protocol, hop_params)
+                except SSH3ClientError as exc:
+                    raise type(exc)(f"jump host {label}: {exc}") from exc
+                stack.callback(via.close, "proxy jump done")
+            params.via, params.via_label = via, label
             protocol = await stack.enter_async_context(open_connection(params))
             conversation = await establish(protocol, params)
             await wait_settings(protocol)

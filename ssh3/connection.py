@@ -476,7 +476,9 @@ class SSH3Connection:
         if not peer_max:
             return 0
         header = len(encode_datagram(control_stream_id, channel_id, b""))
-        packet = self._quic.configuration.max_datagram_size - _DATAGRAM_OVERHEAD
+        size_of = self._backend.packet_size
+        packet = (size_of(self._quic) if size_of is not None
+                  else self._quic.configuration.max_datagram_size) - _DATAGRAM_OVERHEAD
         return max(0, min(peer_max, packet) - header)
 
     def send_datagram(self, control_stream_id: int, channel_id: int, payload: bytes) -> bool:

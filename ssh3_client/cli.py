@@ -62,6 +62,9 @@ flags:
   -N                   no command or shell: only forward, until interrupted
   -e CHAR              escape character for ~. ~C ~? ... (default ~; ^X for a
                        control character; none disables); also EscapeChar
+  -J, -proxy-jump [USER@]HOST[:PORT][/PATH][,...]  reach the destination through
+                       these jump hosts in turn (QUIC carried end to end in a UDP
+                       channel of each); also ProxyJump/UDPProxyJump in the config
   -W HOST:PORT         stdio forwarding: no session; stdin/stdout are relayed to a TCP
                        connection to HOST:PORT made by the server (a ProxyCommand:
                        ssh -o ProxyCommand='ssh3 -W %h:%p jump/path' target)
@@ -81,7 +84,8 @@ _VALUE_FLAGS = {"-i": "identity", "-privkey": "identity",
                 "-L": "forward_L", "-forward-tcp": "forward_tcp",
                 "-forward-udp": "forward_udp", "-D": "dynamic", "-W": "stdio_forward",
                 "-use-oidc": "use_oidc", "-oidc-config": "oidc_config",
-                "-R": "remote_forward"}
+                "-R": "remote_forward",
+                "-J": "proxy_jump", "-proxy-jump": "proxy_jump"}
 _BOOL_FLAGS = {"-t": "force_tty", "-T": "no_tty", "-insecure": "insecure", "-v": "verbose",
                "-version": "version", "-h": "help", "-help": "help", "--help": "help",
                "-N": "no_command", "-use-password": "use_password",
@@ -100,12 +104,11 @@ _IGNORED_VALUE = {"-c", "-m", "-E", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
 _WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
-_UNSUPPORTED = {"-J": "jump hosts (-J)",
-                "-w": "tunnel devices (-w)",
+_UNSUPPORTED = {"-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-I": "PKCS#11 (-I)",
                 "-P": "-P tag"}
-_UNSUPPORTED_TAKES_VALUE = {"-J", "-w", "-Q", "-I", "-P"}
+_UNSUPPORTED_TAKES_VALUE = {"-w", "-Q", "-I", "-P"}
 
 
 class UsageError(Exception):
@@ -150,6 +153,8 @@ class Args:
     print_config: bool = False  # -G
     stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
+    proxy_jump: str | None = None  # -J / -proxy-jump: [user@]host[:port][/path],...
+    command_line: tuple | None = None  # (-o options, -i keys) before the config
     warnings: list[str] = field(default_factory=list)
     send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
     set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
@@ -331,6 +336,9 @@ async def _run(args: Args, target: Target) -> int:
     from ssh3.aio.conversation import Conversation
     from ssh3.known_hosts import canonical_host, default_path
 
+    import contextlib
+
+    from . import proxyjump
     from .agent_forwarding import AgentChannels, agent_socket
     from .early_session import EarlySession, plain_session
     from .escape import parse_escape_char
@@ -353,7 +361,6 @@ async def _run(args: Args, target: Target) -> int:
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier)
-    mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
     if args.no_tty:
@@ -380,7 +387,16 @@ async def _run(args: Args, target: Target) -> int:
     # -n: stdin from /dev/null (OpenSSH's; also what `ssh -n` in scripts relies on)
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
-        async with open_connection(params) as protocol, mux:
+        hops = proxyjump.prepare(args)
+        params.connect_timeout = proxyjump.connect_timeout(args.options)
+    except proxyjump.JumpSpecError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
+    mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
+    try:
+        async with contextlib.AsyncExitStack() as jumps, \
+                open_connection(await proxyjump.chain_params(jumps, args, hops, params)) \
+                as protocol, mux:
             # server-opened channels: agent connections with -A, reset otherwise
             def agent_channels(conv: Conversation) -> None:
                 AgentChannels(conv, args.forward_agent, agent_socket(args.options))
@@ -500,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ssh3: -W runs no command: give either -W or a command", file=sys.stderr)
         return 255
     from .config import ConfigError, apply_to_args, dump
+    from .proxyjump import remember_command_line
 
+    remember_command_line(args)
     try:
         resolved = apply_to_args(args)
     except ConfigError as exc:

@@ -404,10 +404,10 @@ def apply_to_args(args: Any) -> Resolved:
     # SendEnv patterns and SetEnv NAME=VALUE words (ssh3_client/environment.py)
     args.send_env = resolved.get_all("sendenv")
     args.set_env = resolved.get_all("setenv")
-    for key in ("proxyjump", "proxycommand", "udpproxyjump"):
-        value = resolved.get(key)
-        if value and value.lower() != "none":
-            args.warnings.append(f"{key} is not supported by ssh3: connecting directly")
+    # ProxyJump/UDPProxyJump are read by ssh3_client/proxyjump.py from args.options
+    value = resolved.get("proxycommand")
+    if value and value.lower() != "none":
+        args.warnings.append("proxycommand is not supported by ssh3: connecting directly")
     return resolved
 
 

@@ -438,7 +438,10 @@ async def _serve_udp(conv: Conversation, channel: Channel, ctx: ForwardContext,
             conv.refuse_datagrams(cid)
         _refuse(channel, OPEN_CONNECT_FAILED, f"connect to {target} failed: {reason}")
         return
-    log.info("direct-udp for %s from %s to %s (channel %d)", ctx.user, ctx.peer, target, cid)
+    # the local port is the source the target sees (proxy jump: who connects to it)
+    sockname = transport.get_extra_info("sockname") or ("?", 0)
+    log.info("direct-udp for %s from %s to %s (channel %d, local port %s)", ctx.user, ctx.peer,
+             target, cid, sockname[1])
     try:
         channel.send(ChannelOpenConfirmation(DEFAULT_MAX_PACKET_SIZE))
 

@@ -151,7 +151,11 @@ def test_openssh_argument_shapes() -> None:
     # the reference's long single-dash flags still win over bundling
     a = parse_args(["-insecure", "-version", "h"])
     assert a.insecure and a.version
-    for bad in (["-R", "1:h", "h"], ["-Z", "h"], ["-nZ", "h"], ["-J", "jump", "h"]):
+    # -J / -proxy-jump take the jump list (ssh3_client/proxyjump.py)
+    a = parse_args(["-J", "u@jump:4443/p,second", "-proxy-jump=x", "h"])
+    assert a.proxy_jump == "x" and a.target == "h"
+    assert parse_args(["-Jjump", "h"]).proxy_jump == "jump"
+    for bad in (["-R", "1:h", "h"], ["-Z", "h"], ["-nZ", "h"], ["-w", "0", "h"]):
         with pytest.raises(UsageError):
             parse_args(bad)
 

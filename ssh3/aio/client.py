@@ -26,6 +26,7 @@ from ..connection import (
     ResponseReceived,
 )
 from ..version import OUR_VERSION, Version, parse_version, pick_retry_version
+from . import jump
 from .conversation import Conversation
 from .early_client import SETTINGS_WAIT, EarlyOpener, drop_early, open_early
 from .protocol import ProtocolHandler, SSH3Protocol, protocol_factory
@@ -98,6 +99,12 @@ class ConnectParams:
     connect_timeout: float = 15.0
     idle_timeout: float = 30.0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # proxy jump: the conversation with the jump host whose direct-udp channel
+    # carries this connection (ssh3/aio/udp_tunnel.py), and its name for messages
+    via: Conversation | None = None
+    via_label: str = ""
+    # the UDP payload size of our packets (a jump hop needs room for inner packets)
+    max_datagram_size: int | None = None
 
 
 @dataclass
@@ -135,6 +142,10 @@ def quic_configuration(backend: Backend, params: ConnectParams) -> Any:
     # verification happens after the handshake against known_hosts (we pin the
     # exact certificate, stricter than the reference) and before credentials leave
     cfg.verify_mode = ssl.CERT_NONE
+    if params.via is not None:
+        jump.configure_inner(cfg)
+    if params.max_datagram_size:
+        cfg.max_datagram_size = params.max_datagram_size
     cfg.max_stream_data = 16 << 20
     cfg.max_data = 32 << 20
     backend.configure_client(cfg)
@@ -147,12 +158,19 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
     `params.verify_certificate`."""
     backend = get_backend(params.backend)
     cfg = quic_configuration(backend, params)
-    cm = backend.connect(params.host, params.port, configuration=cfg,
-                         create_protocol=protocol_factory(backend, _ClientHandler()),
-                         wait_connected=True)
+    create = protocol_factory(backend, _ClientHandler())
+    if params.via is not None:
+        cm = jump.connect_via(backend, params, cfg, create)
+    else:
+        cm = backend.connect(params.host, params.port, configuration=cfg,
+                             create_protocol=create, wait_connected=True)
     try:
         protocol = await asyncio.wait_for(cm.__aenter__(), params.connect_timeout)
+    except jump.TunnelError as exc:
+        raise SSH3ClientError(str(exc)) from exc
     except TimeoutError as exc:
+        if params.via is not None:
+            raise SSH3ClientError(jump.timeout_message(params)) from exc
         raise SSH3ClientError(
             f"no answer from {params.host} port {params.port} (UDP) within "
             f"{params.connect_timeout:.0f} s: is the server running, and is UDP allowed "

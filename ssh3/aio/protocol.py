@@ -90,6 +90,7 @@ class SSH3ProtocolMixin:
         self._write_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._http_waiters: dict[int, asyncio.Queue[c.Event]] = {}
         self.remote_address: Any = None
+        self._largest_received = 0
 
     # ------------------------------------------------------------ I/O hooks
 
@@ -99,13 +100,38 @@ class SSH3ProtocolMixin:
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self.remote_address is None:
             self.remote_address = addr
+        if len(data) > self._largest_received:
+            self._adopt(len(data))
         super().datagram_received(data, addr)  # type: ignore[misc]
+
+    def _adopt(self, size: int) -> None:
+        # the peer's packets show how big ours may be: room to relay proxy-jump
+        # packets (ssh3/aio/jump.py) without path MTU discovery
+        self._largest_received = size
+        adopt = self.backend.adopt_packet_size
+        if adopt is not None:
+            adopt(self._quic, size)
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         # qh3's batched receive path
         if self.remote_address is None:
             self.remote_address = addr
+        largest = max((len(d) for d in data), default=0)
+        if largest > self._largest_received:
+            self._adopt(largest)
         super().datagrams_received(data, addr)  # type: ignore[misc]
+
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            # a connect timeout: the library's waiter (behind a shield) fails later,
+            # when the connection is given up; nobody awaits it any more, so retrieve
+            # its exception ("Future exception was never retrieved" otherwise)
+            waiter = getattr(self, "_connected_waiter", None)
+            if waiter is not None:
+                waiter.add_done_callback(_retrieve)
+            raise
 
     def transmit(self) -> None:
         if self._hold_early and not self.handshake_done.is_set():
@@ -142,6 +168,12 @@ class SSH3ProtocolMixin:
             timer.cancel()
             self._timer = None
         self._closed.set()  # type: ignore[attr-defined]
+
+    def tunnel_lost(self, reason: str) -> None:
+        """Our packets ride a jump host's channel (proxy jump) and it went away:
+        end as if the peer had closed, so that every waiter hears it now."""
+        self._dispatch(c.ConnectionTerminated(c.H3_NO_ERROR, reason))
+        self.close_now(reason=reason[:100])
 
     def transmit_soon(self) -> None:
         self._transmit_soon()  # type: ignore[attr-defined]
@@ -362,6 +394,11 @@ class SSH3ProtocolMixin:
                 for fut in self._write_waiters.pop(sid):
                     if not fut.done():
                         fut.set_result(None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # the mixin's methods must win over the backend base class

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .lazy import defer_import
@@ -12,12 +13,17 @@ import aioquic.asyncio  # noqa: E402
 import aioquic.h3.connection  # noqa: E402
 import aioquic.h3.events  # noqa: E402
 import aioquic.quic.configuration  # noqa: E402
+import aioquic.quic.connection  # noqa: E402
 import aioquic.quic.events  # noqa: E402
 import aioquic.tls  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 from .. import exporter  # noqa: E402
 from .base import Backend  # noqa: E402
+from .over import connect_over  # noqa: E402
+
+# quic-go reads at most 1452-byte UDP payloads; never grow beyond that
+MAX_ADOPTED_PACKET_SIZE = 1452
 
 
 def _send_buffer_size(quic: Any, stream_id: int) -> int:
@@ -62,6 +68,21 @@ def _consume(quic: Any, stream_id: int, nbytes: int) -> None:
     aioquic_flow.consume(quic, stream_id, nbytes)
 
 
+def _adopt_packet_size(quic: Any, size: int) -> None:
+    # aioquic has no path MTU discovery: its packets stay at max_datagram_size.
+    # A peer whose packets are bigger showed the path carries them; a jump host
+    # needs that room to relay the inner connection's packets (PROTOCOL.md §10.6)
+    if quic.configuration.is_client:
+        return  # a client chooses its size (ConnectParams.max_datagram_size)
+    size = min(size, MAX_ADOPTED_PACKET_SIZE)
+    if size > quic._max_datagram_size:
+        quic._max_datagram_size = size
+
+
+def _packet_size(quic: Any) -> int:
+    return int(quic._max_datagram_size)
+
+
 def _release_early_streams(quic: Any) -> None:
     """aioquic creates a stream opened before the peer's transport parameters arrive
     (our server's HTTP/3 control stream, made with the connection) as blocked, and
@@ -96,4 +117,7 @@ def make_backend() -> Backend:
         install_receive_window=_install_receive_window,
         consume=_consume,
         release_early_streams=_release_early_streams,
+        connect_over=functools.partial(connect_over, aioquic.quic.connection.QuicConnection),
+        adopt_packet_size=_adopt_packet_size,
+        packet_size=_packet_size,
     )

@@ -33,3 +33,15 @@ class Backend:
     # server: let streams opened before the client's transport parameters were known
     # (the HTTP/3 control stream with SETTINGS) go out in the first flight (0.5-RTT)
     release_early_streams: Callable[[Any], None] = lambda quic: None
+    # connect_over(transport, addr, configuration=, create_protocol=): an async
+    # context manager like `connect`, over a datagram transport we supply (proxy jump)
+    connect_over: Callable[..., Any] | None = None
+    # adopt_packet_size(quic, size): the peer sent a UDP payload of `size` bytes, so
+    # the path carries that much; a library without path MTU discovery may grow
+    # its packets up to it (a jump host must carry inner packets plus framing)
+    adopt_packet_size: Callable[[Any, int], None] | None = None
+    # packet_size(quic): the largest UDP payload this connection sends now
+    packet_size: Callable[[Any], int] | None = None
+    # a client's first Initial is padded to at most this many bytes (qh3: 1280),
+    # whatever its configured packet size: a server sizing itself on it learns less
+    initial_packet_cap: int | None = None

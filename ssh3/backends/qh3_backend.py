@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
 
 import qh3.asyncio
 import qh3.h3.connection
 import qh3.h3.events
 import qh3.quic.configuration
+import qh3.quic.connection
 import qh3.quic.events
 import qh3.tls
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import exporter
 from .base import Backend
+from .over import connect_over
 
 
 def _send_buffer_size(quic: Any, stream_id: int) -> int:
@@ -72,6 +76,40 @@ def _install_receive_window(quic: Any, window: int) -> None:
     return None
 
 
+# quic-go reads at most 1452-byte UDP payloads; never grow beyond that
+MAX_ADOPTED_PACKET_SIZE = 1452
+
+
+def _adopt_packet_size(quic: Any, size: int) -> None:
+    # qh3's native core takes its packet size from the configuration when it is
+    # created, on a server at the client's first Initial; it probes upward from
+    # there but never goes below. Starting at the size of the client's Initial
+    # (which clients pad to their packet size: 1200 for aioquic, 1280 for qh3,
+    # 1252 for quic-go, more for a proxy-jump hop) sends nothing bigger than the
+    # client does: a target behind a jump host keeps to the tunnel's 1200 bytes,
+    # and a jump host gets room to relay them (PROTOCOL.md §10.6)
+    if quic._core is not None or quic.configuration.is_client or size < 1200:
+        return
+    size = min(size, MAX_ADOPTED_PACKET_SIZE)
+    if size != quic.configuration.max_datagram_size:
+        configuration = copy.copy(quic.configuration)  # shared by all connections
+        configuration.max_datagram_size = size
+        quic._configuration = configuration
+
+
+def _packet_size(quic: Any) -> int:
+    # qh3's native core probes the path MTU (from the configured size upward) and
+    # fails the connection on a datagram bigger than its current size, which the
+    # last field of `active_path` tells
+    core = quic._core
+    if core is not None:
+        try:
+            return int(core.active_path[5])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            pass
+    return int(quic.configuration.max_datagram_size)
+
+
 def make_backend() -> Backend:
     exporter.install(qh3.tls)
     return Backend(
@@ -92,4 +130,8 @@ def make_backend() -> Backend:
         configure_client=_configure_client,
         install_receive_window=_install_receive_window,
         consume=lambda quic, stream_id, nbytes: None,
+        connect_over=functools.partial(connect_over, qh3.quic.connection.QuicConnection),
+        adopt_packet_size=_adopt_packet_size,
+        packet_size=_packet_size,
+        initial_packet_cap=1280,
     )
