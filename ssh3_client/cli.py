@@ -326,6 +326,8 @@ def parse_target(text: str, args: Args) -> Target:
 
 
 async def _run(args: Args, target: Target) -> int:
+    import contextlib
+
     from ssh3.aio.client import (
         ConnectParams,
         SSH3ClientError,
@@ -335,8 +337,6 @@ async def _run(args: Args, target: Target) -> int:
     )
     from ssh3.aio.conversation import Conversation
     from ssh3.known_hosts import canonical_host, default_path
-
-    import contextlib
 
     from . import proxyjump
     from .agent_forwarding import AgentChannels, agent_socket
