@@ -350,9 +350,17 @@ async def _run(args: Args, target: Target) -> int:
     strict = {"off": "no", "false": "no", "true": "yes", "on": "yes"}.get(strict, strict)
     verifier = HostKeyVerifier(known_hosts, canonical_host(target.host, target.port, target.path),
                                strict, hostname=target.host)
+    from .connect_timeout import ConnectTimeoutError, connect_timeout
+
+    try:
+        timeout = connect_timeout(args.options)
+    except ConnectTimeoutError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
-                           insecure=args.insecure, verify_certificate=verifier)
+                           insecure=args.insecure, verify_certificate=verifier,
+                           connect_timeout=timeout)
     mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty

@@ -4,7 +4,9 @@ its events into Conversation and Channel objects."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +97,50 @@ class SSH3ProtocolMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+
+    def connect(self, addr: Any, *args: Any, **kwargs: Any) -> None:
+        """Client: connect(2) the UDP socket to the server first. Only a connected
+        socket hears ICMP port-unreachable (as ECONNREFUSED), which turns "nothing
+        listens there" into a prompt "Connection refused" instead of a timeout."""
+        transport = getattr(self, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            import socket
+
+            try:
+                # a dup shares the socket: connecting it connects the transport's
+                with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                    dup.connect(addr)
+            except OSError as exc:
+                log.debug("cannot connect the UDP socket to %s: %s", addr, exc)
+        super().connect(addr, *args, **kwargs)  # type: ignore[misc]
+
+    async def wait_connected(self) -> None:
+        try:
+            await super().wait_connected()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            # the backends shield their waiter: after a connect timeout it still gets
+            # ConnectionError when the connection is closed, which asyncio would report
+            # as "Future exception was never retrieved"
+            waiter = getattr(self, "_connected_waiter", None)
+            if waiter is not None:
+                waiter.add_done_callback(
+                    lambda f: None if f.cancelled() else f.exception())
+            raise
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors reach a connected socket. Before the handshake completes a
+        refusal ends the attempt (the QUIC handshake would only time out); after
+        it, QUIC's own timers decide, as a stray ICMP message is easy to forge."""
+        waiter = getattr(self, "_connected_waiter", None)
+        if (isinstance(exc, ConnectionRefusedError) and waiter is not None
+                and not waiter.done()):
+            self._connected_waiter = None
+            waiter.set_exception(ConnectionRefusedError(errno.ECONNREFUSED,
+                                                        "Connection refused"))
+            self.close_now()
+        else:
+            log.debug("UDP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self.remote_address is None:
