@@ -23,6 +23,10 @@ RECEIVE_WINDOW = 16 << 20
 
 _classes: dict[str, type] = {}
 
+# ICMP answers that mean "not there" (OpenSSH reports them as connect(2) errors)
+_FATAL_BEFORE_HANDSHAKE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                           errno.EHOSTDOWN}
+
 
 class ProtocolHandler:
     """What the program above the driver reacts to (a server or a client)."""
@@ -130,14 +134,15 @@ class SSH3ProtocolMixin:
 
     def error_received(self, exc: Exception) -> None:
         """ICMP errors reach a connected socket. Before the handshake completes a
-        refusal ends the attempt (the QUIC handshake would only time out); after
-        it, QUIC's own timers decide, as a stray ICMP message is easy to forge."""
+        refusal or an unreachable host ends the attempt (the QUIC handshake would
+        only time out); after it, QUIC's own timers decide, as a stray ICMP message
+        is easy to forge."""
         waiter = getattr(self, "_connected_waiter", None)
-        if (isinstance(exc, ConnectionRefusedError) and waiter is not None
-                and not waiter.done()):
+        code = getattr(exc, "errno", None)
+        if code in _FATAL_BEFORE_HANDSHAKE and waiter is not None and not waiter.done():
             self._connected_waiter = None
-            waiter.set_exception(ConnectionRefusedError(errno.ECONNREFUSED,
-                                                        "Connection refused"))
+            waiter.set_exception(OSError(code, os.strerror(code)) if code != errno.ECONNREFUSED
+                                 else ConnectionRefusedError(code, "Connection refused"))
             self.close_now()
         else:
             log.debug("UDP socket error: %s", exc)
