@@ -41,7 +41,10 @@ flags:
                        ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3),
                        SendEnv=PATTERNS, SetEnv=NAME=VALUE (sent to ssh3-py servers),
                        ControlMaster=yes|no|auto, ControlPath=PATH, ControlPersist=
-                       yes|no|TIME (connection multiplexing: docs/multiplexing.md)
+                       yes|no|TIME (connection multiplexing: docs/multiplexing.md),
+                       ConnectTimeout=SECONDS (default 15; none: no limit),
+                       BindAddress=ADDR
+  -b ADDR              send from this local address (BindAddress)
   -M                   be a multiplexing master (ControlMaster=yes)
   -S PATH              control socket (ControlPath)
   -O check|exit|stop   ask the multiplexing master at the ControlPath
@@ -99,7 +102,8 @@ _IGNORED_BOOL = {"-x", "-a", "-C", "-4", "-6", "-k", "-K", "-g", "-y", "-1", "-2
 _IGNORED_VALUE = {"-c", "-m", "-E", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
-_WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
+_WARN_VALUE: dict[str, str] = {}
+_VALUE_FLAGS["-b"] = "bind_address"  # or BindAddress
 _UNSUPPORTED = {"-J": "jump hosts (-J)",
                 "-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
@@ -150,6 +154,7 @@ class Args:
     print_config: bool = False  # -G
     stdio_forward: object = None  # -W: ssh3_client.stdio_forward.StdioTarget
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
+    bind_address: str | None = None  # -b; else BindAddress
     warnings: list[str] = field(default_factory=list)
     send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
     set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
@@ -360,7 +365,8 @@ async def _run(args: Args, target: Target) -> int:
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
                            insecure=args.insecure, verify_certificate=verifier,
-                           connect_timeout=timeout)
+                           connect_timeout=timeout,
+                           bind_address=args.bind_address or args.options.get("bindaddress"))
     mux = MuxRole(args, params)  # ControlMaster: this run serves later ones
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty

@@ -1,6 +1,7 @@
 """A password brute force from one source: 50 wrong passwords from 127.0.0.1 get
 that source penalised (then even the right password is refused without a PAM
-check), while another source (::1, the same dual-stack server) still logs in.
+check), while other sources (::1 on the same dual-stack server, and 127.0.0.2
+through the client's -b) still log in.
 
 Needs root, like test_e2e_accounts.py: the password is checked by PAM against a
 real account."""
@@ -70,7 +71,8 @@ async def _brute_force(srv: Server) -> list[bool]:
     return await asyncio.gather(*(one(i) for i in range(ATTEMPTS)))
 
 
-def _cli_password_login(srv: Server, host: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def _cli_password_login(srv: Server, host: str, tmp_path: Path,
+                        *extra: str) -> subprocess.CompletedProcess:
     """The real client, password from SSH_ASKPASS (no terminal)."""
     askpass = tmp_path / "askpass.sh"
     askpass.write_text(f"#!/bin/sh\necho '{PASSWORD}'\n")
@@ -78,7 +80,7 @@ def _cli_password_login(srv: Server, host: str, tmp_path: Path) -> subprocess.Co
     env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
                HOME=str(tmp_path), SSH3_QUIC_BACKEND=srv.backend)
     target = f"{ACCOUNT}@{host if ':' not in host else f'[{host}]'}:{srv.port}{srv.url_path}"
-    return subprocess.run([find_program("ssh3"), "-insecure", "-use-password",
+    return subprocess.run([find_program("ssh3"), "-insecure", "-use-password", *extra,
                            "-o", "NumberOfPasswordPrompts=1", target, "id -un"],
                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=env,
                           start_new_session=True)
@@ -101,9 +103,12 @@ def test_fifty_wrong_passwords_penalise_only_their_source(server: Server,
     log = server.log()
     assert log.count("source penalised") == skipped + 1
     assert "auth accepted" not in log
-    # another source is not affected
+    # other sources are not affected: ::1, and 127.0.0.2 (OpenSSH's -b bind_address)
     r = _cli_password_login(server, "::1", tmp_path)
     assert (r.returncode, r.stdout) == (0, f"{ACCOUNT}\n".encode()), r.stderr
-    log = server.log()
-    assert log.count("auth accepted") == 1
-    assert "auth accepted from ::1" in log or "auth accepted from [::1]" in log, log[-2000:]
+    r = _cli_password_login(server, "127.0.0.1", tmp_path, "-b", "127.0.0.2")
+    assert (r.returncode, r.stdout) == (0, f"{ACCOUNT}\n".encode()), r.stderr
+    accepted = [line for line in server.log().splitlines() if "auth accepted" in line]
+    assert len(accepted) == 2, accepted
+    assert "from ::1" in accepted[0] or "from [::1]" in accepted[0], accepted
+    assert "127.0.0.2" in accepted[1], accepted

@@ -215,3 +215,22 @@ def test_refused_version_names_both(server: Server, future_server: FutureServer,
                           "protocol version (SSH 3.0 "), err
     assert "(403): Unsupported version: 3.0 not supported by server with version 4.0. " \
            "One side needs an update" in err, err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bind_address_that_is_not_ours(backend: str, tmp_path: Path) -> None:
+    """-b (BindAddress) with an address this host does not have."""
+    r, _ = ssh3(backend, tmp_path, "-insecure", "-b", "192.0.2.5", f"{HOST}:1/x", "true")
+    assert (r.returncode, r.stderr) == (255, (
+        f"ssh3: connect to host {HOST} port 1: cannot bind to 192.0.2.5: "
+        "Cannot assign requested address\n").encode())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bind_address_reaches_the_server(backend: str, tmp_path: Path, server: Server,
+                                         user_key: Path) -> None:
+    """-b 127.0.0.2 logs in: the session sees that source address."""
+    r, _ = ssh3(backend, tmp_path, "-insecure", "-i", str(user_key), "-b", "127.0.0.2",
+                f"{HOST}:{server.port}{server.url_path}", "echo $SSH3_CONNECTION")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == b"127.0.0.2", r.stdout

@@ -30,6 +30,7 @@ from ..version import OUR_VERSION, Version, parse_version, pick_retry_version
 from .conversation import Conversation
 from .early_client import SETTINGS_WAIT, EarlyOpener, drop_early, open_early
 from .protocol import ProtocolHandler, SSH3Protocol, protocol_factory
+from .udp_connect import connect_from
 
 log = logging.getLogger("ssh3.client")
 
@@ -108,6 +109,8 @@ class ConnectParams:
     connect_timeout: float | None = 15.0
     idle_timeout: float = 30.0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # the local address to send from (OpenSSH's -b / BindAddress); None: any
+    bind_address: str | None = None
 
 
 @dataclass
@@ -157,9 +160,13 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
     `params.verify_certificate`."""
     backend = get_backend(params.backend)
     cfg = quic_configuration(backend, params)
-    cm = backend.connect(params.host, params.port, configuration=cfg,
-                         create_protocol=protocol_factory(backend, _ClientHandler()),
-                         wait_connected=True)
+    factory = protocol_factory(backend, _ClientHandler())
+    if params.bind_address:
+        cm = connect_from(backend, params.bind_address, params.host, params.port,
+                          configuration=cfg, create_protocol=factory)
+    else:
+        cm = backend.connect(params.host, params.port, configuration=cfg,
+                             create_protocol=factory, wait_connected=True)
     where = f"connect to host {params.host} port {params.port}"
     try:
         protocol = await asyncio.wait_for(cm.__aenter__(), params.connect_timeout)
