@@ -83,7 +83,8 @@ def test_wrong_path_says_no_server_there(server: Server, tmp_path: Path,
                 f"{HOST}:{server.port}/not-here", "true")
     assert r.returncode == 255
     assert r.stderr == (f"ssh3: no SSH3 server at https://{HOST}:{server.port}/not-here (404): "
-                        "check the URL path (-url-path / URLPath; the server's -url-path)\n"
+                        "check the URL path (-url-path / URLPath): it must be the server's "
+                        "-url-path\n"
                         ).encode()
 
 

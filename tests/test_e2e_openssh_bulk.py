@@ -18,7 +18,7 @@ from test_e2e_openssh_tools import Box, box, server  # noqa: F401  (fixtures)
 
 N_FILES = 1000
 BIG_SIZE = 100 << 20
-TIMEOUT = 300.0  # one tool run; far above what a transfer takes (see docs/openssh-tools.md)
+TIMEOUT = 300.0  # one tool run; ~10x what one takes here (docs/openssh-tools.md)
 
 
 def manifest(root: Path) -> dict[str, str]:

@@ -353,7 +353,8 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams,
         if response.status == 404:
             raise ServerNotFound(
                 f"no SSH3 server at https://{authority(params.host, params.port)}{params.path} "
-                "(404): check the URL path (-url-path / URLPath; the server's -url-path)")
+                "(404): check the URL path (-url-path / URLPath): it must be the server's "
+                "-url-path")
         if response.status == 425:
             raise SSH3ClientError("the server refused a request sent as early data (425)")
         raise SSH3ClientError(
