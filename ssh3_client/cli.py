@@ -41,7 +41,10 @@ flags:
                        ServerAliveInterval=SECONDS, ServerAliveCountMax=N (default 3),
                        SendEnv=PATTERNS, SetEnv=NAME=VALUE (sent to ssh3-py servers),
                        ControlMaster=yes|no|auto, ControlPath=PATH, ControlPersist=
-                       yes|no|TIME (connection multiplexing: docs/multiplexing.md)
+                       yes|no|TIME (connection multiplexing: docs/multiplexing.md),
+                       ConnectTimeout=SECONDS (default 15; none: no limit),
+                       BindAddress=ADDR
+  -b ADDR              send from this local address (BindAddress)
   -M                   be a multiplexing master (ControlMaster=yes)
   -S PATH              control socket (ControlPath)
   -O check|exit|stop   ask the multiplexing master at the ControlPath
@@ -103,7 +106,8 @@ _IGNORED_BOOL = {"-x", "-a", "-C", "-4", "-6", "-k", "-K", "-g", "-y", "-1", "-2
 _IGNORED_VALUE = {"-c", "-m", "-E", "-B"}
 _WARN_BOOL = {"-X": "X11 forwarding is not supported: -X ignored",
               "-Y": "X11 forwarding is not supported: -Y ignored"}
-_WARN_VALUE = {"-b": "-b (bind address) is not supported: ignored"}
+_WARN_VALUE: dict[str, str] = {}
+_VALUE_FLAGS["-b"] = "bind_address"  # or BindAddress
 _UNSUPPORTED = {"-w": "tunnel devices (-w)",
                 "-Q": "queries (-Q)", "-f": "going to the background (-f)",
                 "-I": "PKCS#11 (-I)",
@@ -155,6 +159,7 @@ class Args:
     escape_char: str | None = None  # -e / EscapeChar: ~ by default, ^X, or none
     proxy_jump: str | None = None  # -J / -proxy-jump: [user@]host[:port][/path],...
     command_line: tuple | None = None  # (-o options, -i keys) before the config
+    bind_address: str | None = None  # -b; else BindAddress
     warnings: list[str] = field(default_factory=list)
     send_env: list[str] = field(default_factory=list)  # SendEnv patterns (config, -o)
     set_env: list[str] = field(default_factory=list)  # SetEnv NAME=VALUE (config, -o)
@@ -358,9 +363,18 @@ async def _run(args: Args, target: Target) -> int:
     strict = {"off": "no", "false": "no", "true": "yes", "on": "yes"}.get(strict, strict)
     verifier = HostKeyVerifier(known_hosts, canonical_host(target.host, target.port, target.path),
                                strict, hostname=target.host)
+    from .connect_timeout import ConnectTimeoutError, connect_timeout
+
+    try:
+        timeout = connect_timeout(args.options)
+    except ConnectTimeoutError as exc:
+        print(f"ssh3: {exc}", file=sys.stderr)
+        return 255
     params = ConnectParams(host=target.host, port=target.port, path=target.path,
                            user=target.user, identities=identities, backend=args.backend,
-                           insecure=args.insecure, verify_certificate=verifier)
+                           insecure=args.insecure, verify_certificate=verifier,
+                           connect_timeout=timeout,
+                           bind_address=args.bind_address or args.options.get("bindaddress"))
     command = " ".join(args.command).encode() if args.command else None
     want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
     if args.no_tty:
@@ -388,7 +402,6 @@ async def _run(args: Args, target: Target) -> int:
     stdin_fd = os.open(os.devnull, os.O_RDONLY) if args.null_stdin else 0
     try:
         hops = proxyjump.prepare(args)
-        params.connect_timeout = proxyjump.connect_timeout(args.options)
     except proxyjump.JumpSpecError as exc:
         print(f"ssh3: {exc}", file=sys.stderr)
         return 255

@@ -132,18 +132,15 @@ def resolve_hop(spec: HopSpec, args: Any) -> Hop:
     return Hop(spec, host, port, path, user, hop_args)
 
 
-def connect_timeout(options: dict[str, str], default: float = 15.0) -> float:
+def connect_timeout(options: dict[str, str]) -> float | None:
     """OpenSSH's ConnectTimeout (seconds) for each QUIC handshake, hops included."""
-    value = (options or {}).get("connecttimeout")
-    if not value or value.lower() == "none":
-        return default
+    from .connect_timeout import ConnectTimeoutError
+    from .connect_timeout import connect_timeout as parse
+
     try:
-        seconds = float(value)
-    except ValueError:
-        raise JumpSpecError(f"bad ConnectTimeout {value!r}: expected seconds") from None
-    if seconds <= 0:
-        raise JumpSpecError(f"bad ConnectTimeout {value!r}: expected seconds")
-    return seconds
+        return parse(options or {})
+    except ConnectTimeoutError as exc:
+        raise JumpSpecError(str(exc)) from None
 
 
 def remember_command_line(args: Any) -> None:

@@ -148,7 +148,7 @@ def test_identities_only_ignores_the_agent(run, start_agent, keys):  # noqa: F81
     r = run("-i", str(keys.agent_no), "-o", "IdentitiesOnly=yes", agent=agent)
     assert r.returncode == 255 and r.stdout == b"", r.stderr
     assert refused(r) == [str(keys.agent_no)]
-    assert f"tried: {keys.agent_no}" in r.stderr.decode()
+    assert f"tried: publickey {keys.agent_no}." in r.stderr.decode()
 
 
 def test_encrypted_key_through_askpass(run, keys):

@@ -1,5 +1,5 @@
 """OpenSSH's tools driving `ssh3` unchanged: sftp -S, scp -S (SFTP and -O legacy
-mode), rsync -e and git's GIT_SSH_COMMAND, through a `-F` config file that maps
+mode), rsync -e and git's GIT_SSH_COMMAND (clone and push), through a `-F` config file that maps
 the alias `box` to the test server (HostName, Port, URLPath, User, IdentityFile)."""
 
 from __future__ import annotations
@@ -125,19 +125,37 @@ def test_rsync_tree(box: Box, tmp_path: Path) -> None:
     assert (back / "sub" / "b.txt").read_text() == "hello\n"
 
 
+GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+
+
+def git(box: Box, *argv: str, **env: str) -> bytes:
+    r = run(["git", *argv], box, **GIT_ENV, **env)
+    assert r.returncode == 0, (argv, r.stderr)
+    return r.stdout
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-def test_git_clone_over_ssh3(box: Box, tmp_path: Path) -> None:
-    work = tmp_path / "work"
-    git_env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x",
-               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    for argv in (["git", "init", "-q", "-b", "main", str(work)],
-                 ["git", "-C", str(work), "commit", "-q", "--allow-empty", "-m", "first"],
-                 ["git", "clone", "-q", "--bare", str(work), str(tmp_path / "bare.git")]):
-        r = run(argv, box, **git_env)
-        assert r.returncode == 0, r.stderr
+def test_git_clone_and_push_over_ssh3(box: Box, tmp_path: Path) -> None:
+    work, bare = tmp_path / "work", tmp_path / "bare.git"
+    git(box, "init", "-q", "-b", "main", str(work))
+    git(box, "-C", str(work), "commit", "-q", "--allow-empty", "-m", "first")
+    git(box, "clone", "-q", "--bare", str(work), str(bare))
     # git probes `ssh -G` to pick its OpenSSH variant, then passes -p/-o like to ssh
-    r = run(["git", "clone", "-q", f"box:{tmp_path / 'bare.git'}", str(tmp_path / "clone")],
-            box, GIT_SSH_COMMAND=str(box.wrapper), **git_env)
-    assert r.returncode == 0, r.stderr
-    log = run(["git", "-C", str(tmp_path / "clone"), "log", "--format=%s"], box, **git_env)
-    assert log.stdout == b"first\n", log.stderr
+    over = {"GIT_SSH_COMMAND": str(box.wrapper)}
+    clone = tmp_path / "clone"
+    git(box, "clone", "-q", f"box:{bare}", str(clone), **over)
+    assert git(box, "-C", str(clone), "log", "--format=%s") == b"first\n"
+    # a new commit with a binary file goes back through git-receive-pack
+    random_file(clone / "blob.bin", 300_000)
+    (clone / "notes.txt").write_text("pushed over ssh3\n")
+    git(box, "-C", str(clone), "add", ".")
+    git(box, "-C", str(clone), "commit", "-q", "-m", "second")
+    git(box, "-C", str(clone), "push", "-q", "origin", "main", **over)
+    head = git(box, "-C", str(clone), "rev-parse", "HEAD")
+    assert git(box, "--git-dir", str(bare), "rev-parse", "main") == head
+    again = tmp_path / "again"
+    git(box, "clone", "-q", f"box:{bare}", str(again), **over)
+    assert git(box, "-C", str(again), "log", "--format=%s") == b"second\nfirst\n"
+    assert sha256_file(again / "blob.bin") == sha256_file(clone / "blob.bin")
+    assert (again / "notes.txt").read_text() == "pushed over ssh3\n"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from . import jump
 from .conversation import Conversation
 from .early_client import SETTINGS_WAIT, EarlyOpener, drop_early, open_early
 from .protocol import ProtocolHandler, SSH3Protocol, protocol_factory
+from .udp_connect import connect_from
 
 log = logging.getLogger("ssh3.client")
 
@@ -56,6 +58,14 @@ class VersionRefused(SSH3ClientError):
 
 class HostKeyError(SSH3ClientError):
     pass
+
+
+class ConnectTimeout(SSH3ClientError):
+    """No QUIC answer within `ConnectParams.connect_timeout` (UDP dropped?)."""
+
+
+class ConnectionRefused(SSH3ClientError):
+    """ICMP port unreachable: nothing listens on that UDP port."""
 
 
 class IdentityUnavailable(Exception):
@@ -96,7 +106,8 @@ class ConnectParams:
     # called with the server's leaf certificate and the rest of its chain (DER) after
     # the handshake and before any credential is sent; raise HostKeyError to refuse
     verify_certificate: Callable[[bytes, list[bytes]], Awaitable[None]] | None = None
-    connect_timeout: float = 15.0
+    # the QUIC handshake's limit (OpenSSH's ConnectTimeout); None: no limit
+    connect_timeout: float | None = 15.0
     idle_timeout: float = 30.0
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # proxy jump: the conversation with the jump host whose direct-udp channel
@@ -105,6 +116,8 @@ class ConnectParams:
     via_label: str = ""
     # the UDP payload size of our packets (a jump hop needs room for inner packets)
     max_datagram_size: int | None = None
+    # the local address to send from (OpenSSH's -b / BindAddress); None: any
+    bind_address: str | None = None
 
 
 @dataclass
@@ -161,9 +174,13 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
     create = protocol_factory(backend, _ClientHandler())
     if params.via is not None:
         cm = jump.connect_via(backend, params, cfg, create)
+    elif params.bind_address:
+        cm = connect_from(backend, params.bind_address, params.host, params.port,
+                          configuration=cfg, create_protocol=create)
     else:
         cm = backend.connect(params.host, params.port, configuration=cfg,
                              create_protocol=create, wait_connected=True)
+    where = f"connect to host {params.host} port {params.port}"
     try:
         protocol = await asyncio.wait_for(cm.__aenter__(), params.connect_timeout)
     except jump.TunnelError as exc:
@@ -171,16 +188,21 @@ async def open_connection(params: ConnectParams) -> AsyncIterator[SSH3Protocol]:
     except TimeoutError as exc:
         if params.via is not None:
             raise SSH3ClientError(jump.timeout_message(params)) from exc
-        raise SSH3ClientError(
-            f"no answer from {params.host} port {params.port} (UDP) within "
-            f"{params.connect_timeout:.0f} s: is the server running, and is UDP allowed "
-            "through the firewall?") from exc
+        # QUIC has no SYN/RST: silence is all a firewall dropping UDP leaves us
+        raise ConnectTimeout(
+            f"{where}: no answer over UDP/QUIC within {params.connect_timeout:g} s "
+            "(is UDP blocked? is an SSH3 server running there? -o ConnectTimeout=N "
+            "waits longer)") from exc
+    except ConnectionRefusedError as exc:
+        # ICMP port unreachable on our connected socket (ssh3/aio/protocol.py)
+        raise ConnectionRefused(f"{where}: Connection refused") from exc
     except ConnectionError as exc:
+        raise SSH3ClientError(f"{where}: QUIC handshake failed: {exc or 'refused'}") from exc
+    except socket.gaierror as exc:
         raise SSH3ClientError(
-            f"QUIC handshake with {params.host} port {params.port} failed: {exc or 'refused'}"
-        ) from exc
+            f"Could not resolve hostname {params.host}: {exc.strerror}") from exc
     except OSError as exc:
-        raise SSH3ClientError(f"cannot reach {params.host} port {params.port}: {exc}") from exc
+        raise SSH3ClientError(f"{where}: {exc.strerror or exc}") from exc
     try:
         if params.verify_certificate is not None and not params.insecure:
             der = backend.peer_certificate_der(protocol._quic)
@@ -332,12 +354,10 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams,
             server = response.server_version
             retry = pick_retry_version(server) if server is not None else None
             if retry is None or retry == version:
-                raise VersionRefused(
-                    f"the server refused our protocol version ({version}): "
-                    f"{response.body.decode('utf-8', 'replace').strip() or 'no detail'}")
+                raise VersionRefused(version_refused_message(response, version))
             log.debug("server refused %s; retrying as %s", version, retry)
             version = retry
-        tried.append(identity.label)
+        tried.append(_tried_label(identity.label, authorization))
         if response.status == 200:
             if response.server_version is None:
                 log.warning("the server sent no valid version string")
@@ -350,7 +370,8 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams,
         if response.status == 404:
             raise ServerNotFound(
                 f"no SSH3 server at https://{authority(params.host, params.port)}{params.path} "
-                "(404): check the URL path (the server's -url-path)")
+                "(404): check the URL path (-url-path / URLPath): it must be the server's "
+                "-url-path")
         if response.status == 425:
             raise SSH3ClientError("the server refused a request sent as early data (425)")
         raise SSH3ClientError(
@@ -364,9 +385,34 @@ async def establish(protocol: SSH3Protocol, params: ConnectParams,
         raise AuthenticationFailed(
             f"no identity to authenticate {params.user}@{params.host} with: give one with "
             "-i/-privkey, or create ~/.ssh/id_ed25519")
-    raise AuthenticationFailed(
-        f"authentication refused for {params.user}@{params.host} (401); tried: "
-        + ", ".join(tried))
+    raise AuthenticationFailed(refused_message(params, tried))
+
+
+def _tried_label(label: str, authorization: str) -> str:
+    """`publickey ~/.ssh/id_ed25519`, `publickey bob@laptop (agent)`, `password`,
+    `oidc https://issuer`: the method the server was offered, then what it was."""
+    if label == "password" or label.startswith("oidc "):
+        return label
+    return f"publickey {label}" if authorization.startswith("Bearer ") else label
+
+
+def refused_message(params: ConnectParams, tried: list[str]) -> str:
+    """OpenSSH's "Permission denied (publickey)." with what exactly was tried."""
+    counted: dict[str, int] = {}
+    for label in tried:
+        counted[label] = counted.get(label, 0) + 1
+    names = [label if n == 1 else f"{label} ({n} times)" for label, n in counted.items()]
+    return (f"{params.user}@{params.host}: authentication refused (401); tried: "
+            f"{', '.join(names)}. Check the user name, that the server accepts one of "
+            "these (its authorized_keys), or give another identity with -i")
+
+
+def version_refused_message(response: Response, ours: Version) -> str:
+    theirs = response.headers.get(b"server", b"").decode("utf-8", "replace").strip()
+    detail = response.body.decode("utf-8", "replace").strip()
+    return (f"the server ({theirs or 'version not given'}) refused our protocol version "
+            f"({ours}) (403){': ' + detail if detail else ''}. One side needs an update "
+            "to a version the other speaks")
 
 
 async def wait_settings(protocol: SSH3Protocol, timeout: float = 2.0) -> None:

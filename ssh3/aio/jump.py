@@ -71,7 +71,7 @@ def configure_inner(configuration: Any) -> None:
 
 def timeout_message(params: ConnectParams) -> str:
     return (f"no answer from {params.host} port {params.port} through jump host "
-            f"{params.via_label or '?'} within {params.connect_timeout:.0f} s: is the server "
+            f"{params.via_label or '?'} within {params.connect_timeout or 0:.0f} s: is the server "
             f"running there, can the jump host reach it over UDP, and do its packets fit the "
             f"jump host's datagrams (ssh3-server -v logs drops)?")
 

@@ -4,7 +4,9 @@ its events into Conversation and Channel objects."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,10 @@ log = logging.getLogger("ssh3.aio")
 RECEIVE_WINDOW = 16 << 20
 
 _classes: dict[str, type] = {}
+
+# ICMP answers that mean "not there" (OpenSSH reports them as connect(2) errors)
+_FATAL_BEFORE_HANDSHAKE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                           errno.EHOSTDOWN}
 
 
 class ProtocolHandler:
@@ -96,6 +102,38 @@ class SSH3ProtocolMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+
+    def connect(self, addr: Any, *args: Any, **kwargs: Any) -> None:
+        """Client: connect(2) the UDP socket to the server first. Only a connected
+        socket hears ICMP port-unreachable (as ECONNREFUSED), which turns "nothing
+        listens there" into a prompt "Connection refused" instead of a timeout."""
+        transport = getattr(self, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            import socket
+
+            try:
+                # a dup shares the socket: connecting it connects the transport's
+                with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                    dup.connect(addr)
+            except OSError as exc:
+                log.debug("cannot connect the UDP socket to %s: %s", addr, exc)
+        super().connect(addr, *args, **kwargs)  # type: ignore[misc]
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors reach a connected socket. Before the handshake completes a
+        refusal or an unreachable host ends the attempt (the QUIC handshake would
+        only time out); after it, QUIC's own timers decide, as a stray ICMP message
+        is easy to forge."""
+        waiter = getattr(self, "_connected_waiter", None)
+        code = getattr(exc, "errno", None)
+        if code in _FATAL_BEFORE_HANDSHAKE and waiter is not None and not waiter.done():
+            self._connected_waiter = None
+            waiter.set_exception(OSError(code, os.strerror(code)) if code != errno.ECONNREFUSED
+                                 else ConnectionRefusedError(code, "Connection refused"))
+            self.close_now()
+        else:
+            log.debug("UDP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self.remote_address is None:
