@@ -105,7 +105,9 @@ class Channel:
             await self.drain()
 
     def send_eof(self) -> None:
-        """FIN our direction. Mind Q7 before doing this towards a reference peer."""
+        """FIN our direction. Mind Q7 before doing this towards a reference peer.
+        With qh3 towards a peer of ours the FIN rides on an empty Data message
+        (SSH3Connection.send_channel_data)."""
         if not self.eof_sent and self._error is None:
             self.eof_sent = True
             self.protocol.send_channel_bytes(self.channel_id, b"", end_stream=True)
