@@ -177,8 +177,9 @@ def test_server_bad_listen_requests(server: Server, user_key: Path) -> None:
 
             # the client's FIN ends the listener
             listen.send_eof()
-            # the server's FIN rides on an empty Data message (tcp_relay.send_fin)
-            assert await asyncio.wait_for(listen.read(), 10) == ChannelData(b"")
+            if server.backend == "qh3":
+                # its FIN rides on an empty Data message (docs/extensions.md)
+                assert await asyncio.wait_for(listen.read(), 10) == ChannelData(b"")
             assert await asyncio.wait_for(listen.read(), 10) is None
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection(HOST, bound.port)
