@@ -162,9 +162,6 @@ class Session:
 
     async def _handle(self, msg: Message) -> None:
         if isinstance(msg, ChannelData):
-            if not msg.data:
-                # nothing to pass on; our clients on qh3 send their FIN on one of these
-                return
             if self.larval:
                 if msg.data == FORWARD_AGENT_DATA:
                     await self._forward_agent()

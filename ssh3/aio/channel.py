@@ -68,18 +68,22 @@ class Channel:
         return self._error
 
     async def read(self) -> Message | None:
-        """Next message; None at EOF (the peer FINned); raises ChannelClosed on errors."""
-        while not self._queue:
-            if self._error is not None:
-                raise ChannelClosed(self._error)
-            if self._eof_received:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        message, size = self._queue.popleft()
-        if size:
-            self.protocol.consume(self.channel_id, size)
-        return message
+        """Next message; None at EOF (the peer FINned); raises ChannelClosed on errors.
+        Empty Data messages are skipped: they carry nothing, and our peers on qh3 send
+        their FIN on one (docs/extensions.md)."""
+        while True:
+            while not self._queue:
+                if self._error is not None:
+                    raise ChannelClosed(self._error)
+                if self._eof_received:
+                    return None
+                self._readable.clear()
+                await self._readable.wait()
+            message, size = self._queue.popleft()
+            if size:
+                self.protocol.consume(self.channel_id, size)
+            if not (isinstance(message, ChannelData) and not message.data):
+                return message
 
     # ---------------------------------------------------------- send side
 
