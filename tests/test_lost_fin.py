@@ -1,10 +1,10 @@
 """A FIN of ours must reach the peer even when packets are lost (docs/extensions.md,
 "FINs on an empty Data message").
 
-qh3 2.1.0 forgets a FIN-only STREAM frame whose packet was lost when the stream's
-remaining data is acknowledged before the FIN is resent (as aioquic issue #438 did).
-Its FIN-carrying-bytes frames are resent correctly, so on qh3 our FINs towards our
-peers ride on an empty Data message (SSH3Connection.send_channel_data).
+qh3 2.1.0 sometimes never resends a FIN-only STREAM frame whose packet was lost (it
+looks like aioquic issue #438). A FIN that comes with bytes is resent with them, so on
+qh3 our FINs towards our peers ride on an empty Data message
+(SSH3Connection.send_channel_data).
 
 Deterministic: the in-memory QUIC pair of quic_pair.py on a fake clock, with a fixed
 set of datagrams dropped and each batch of datagrams delivered in a fixed shuffled
