@@ -22,6 +22,7 @@ from .backends import Backend
 from .errors import NeedMore, ProtocolError
 from .messages import (
     CHANNEL_SIGNAL,
+    ChannelData,
     ChannelHeader,
     ChannelHeaderParser,
     Message,
@@ -195,6 +196,9 @@ class _Pending:
 
     data: bytearray = field(default_factory=bytearray)
 
+
+# Data(""): carries a FIN towards our peers when the library may lose a bare one
+EMPTY_DATA_MESSAGE = ChannelData(b"").encode()
 
 _DEAD_PARSER = MessageParser(max_message_size=0, max_data_size=0)
 
@@ -448,6 +452,13 @@ class SSH3Connection:
         return sid
 
     def send_channel_data(self, channel_id: int, data: bytes, end_stream: bool = False) -> None:
+        if end_stream and not data and self._backend.loses_bare_fin and self.peer_extensions:
+            # every FIN of ours passes here. A library that can lose a FIN sent on its
+            # own (Backend.loses_bare_fin) sends it with bytes: an empty Data message,
+            # which every receiver of ours ignores. Only towards a peer that announced
+            # our SETTING: a reference reader can lose that message's last byte when the
+            # FIN comes with it (Q7), and then fails the channel
+            data = EMPTY_DATA_MESSAGE
         self._quic.send_stream_data(channel_id, data, end_stream)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:

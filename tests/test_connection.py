@@ -214,7 +214,10 @@ def test_session_channel_exchange(pair: Pair) -> None:
 
     pair.client.conn.send_channel_data(sid, b"", end_stream=True)
     pair.exchange()
-    assert pair.server.take() == [c.ChannelEOF(sid)]
+    # qh3 sends our FIN on an empty Data message (test_lost_fin.py)
+    empty = ([c.MessageReceived(sid, ChannelData(b""), 3)]
+             if pair.client.backend.loses_bare_fin else [])
+    assert pair.server.take() == [*empty, c.ChannelEOF(sid)]
     assert not pair.client.of(c.ConnectionTerminated)
     assert not pair.server.of(c.ConnectionTerminated)
 

@@ -16,7 +16,6 @@ from ssh3.errors import NeedMore, ProtocolError
 from ssh3.messages import (
     REVERSE_LISTEN_CHANNEL_TYPE,
     REVERSE_TCP_CHANNEL_TYPE,
-    ChannelData,
     ChannelHeader,
     ChannelHeaderParser,
     ChannelOpenConfirmation,
@@ -177,8 +176,7 @@ def test_server_bad_listen_requests(server: Server, user_key: Path) -> None:
 
             # the client's FIN ends the listener
             listen.send_eof()
-            # the server's FIN rides on an empty Data message (tcp_relay.send_fin)
-            assert await asyncio.wait_for(listen.read(), 10) == ChannelData(b"")
+            # (on qh3 its FIN rides on an empty Data message, which read() skips)
             assert await asyncio.wait_for(listen.read(), 10) is None
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection(HOST, bound.port)

@@ -68,18 +68,22 @@ class Channel:
         return self._error
 
     async def read(self) -> Message | None:
-        """Next message; None at EOF (the peer FINned); raises ChannelClosed on errors."""
-        while not self._queue:
-            if self._error is not None:
-                raise ChannelClosed(self._error)
-            if self._eof_received:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        message, size = self._queue.popleft()
-        if size:
-            self.protocol.consume(self.channel_id, size)
-        return message
+        """Next message; None at EOF (the peer FINned); raises ChannelClosed on errors.
+        Empty Data messages are skipped: they carry nothing, and our peers on qh3 send
+        their FIN on one (docs/extensions.md)."""
+        while True:
+            while not self._queue:
+                if self._error is not None:
+                    raise ChannelClosed(self._error)
+                if self._eof_received:
+                    return None
+                self._readable.clear()
+                await self._readable.wait()
+            message, size = self._queue.popleft()
+            if size:
+                self.protocol.consume(self.channel_id, size)
+            if not (isinstance(message, ChannelData) and not message.data):
+                return message
 
     # ---------------------------------------------------------- send side
 
@@ -105,7 +109,9 @@ class Channel:
             await self.drain()
 
     def send_eof(self) -> None:
-        """FIN our direction. Mind Q7 before doing this towards a reference peer."""
+        """FIN our direction. Mind Q7 before doing this towards a reference peer.
+        With qh3 towards a peer of ours the FIN rides on an empty Data message
+        (SSH3Connection.send_channel_data)."""
         if not self.eof_sent and self._error is None:
             self.eof_sent = True
             self.protocol.send_channel_bytes(self.channel_id, b"", end_stream=True)

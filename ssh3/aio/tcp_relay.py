@@ -106,21 +106,12 @@ class TcpRelay:
 
 def send_fin(channel: Channel) -> None:
     """FIN our direction unless the stream can no longer take it (the peer reset it or
-    asked us to stop sending: QUIC stacks reset the stream on STOP_SENDING).
-
-    The FIN rides on an empty Data message (`40 5e 00`) rather than alone: with qh3
-    2.1.0 a FIN sent on its own after the data sometimes never reaches the peer (seen
-    under load in tests/test_e2e_reverse.py::test_half_close_both_ways: the sender
-    logged the FIN, the receiver never got it, for 30 s), while a FIN carried by data
-    did not get lost once in the same runs. An empty Data message is ignored by every
-    receiver of ours; only channels whose peer is ours use this (reference readers can
-    lose a message's last byte when the FIN comes with it, Q7)."""
+    asked us to stop sending: QUIC stacks reset the stream on STOP_SENDING). On qh3 the
+    FIN rides on an empty Data message (SSH3Connection.send_channel_data)."""
     if channel.eof_sent or channel.error is not None or channel.stop_sending_code is not None:
         return
     try:
-        channel.protocol.send_channel_bytes(channel.channel_id, ChannelData(b"").encode(),
-                                            end_stream=True)
-        channel.eof_sent = True
+        channel.send_eof()
     except Exception:  # noqa: BLE001 - the QUIC library's "stream was reset"
         log.debug("channel %d: FIN not sent (stream already reset)", channel.channel_id)
 

@@ -45,3 +45,8 @@ class Backend:
     # a client's first Initial is padded to at most this many bytes (qh3: 1280),
     # whatever its configured packet size: a server sizing itself on it learns less
     initial_packet_cap: int | None = None
+    # the library can lose a FIN sent on its own (a FIN-only STREAM frame): qh3 2.1.0
+    # sometimes never resends one whose packet was lost (like aioquic issue #438).
+    # Then a FIN towards a peer of ours rides on an empty Data message
+    # (SSH3Connection.send_channel_data; docs/extensions.md)
+    loses_bare_fin: bool = False

@@ -134,4 +134,5 @@ def make_backend() -> Backend:
         adopt_packet_size=_adopt_packet_size,
         packet_size=_packet_size,
         initial_packet_cap=1280,
+        loses_bare_fin=True,
     )
