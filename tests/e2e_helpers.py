@@ -25,6 +25,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,16 @@ class Server:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"ssh3-server did not start: {self.log()}")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Server]:
+        """Started for the with-block, stopped by PID after it; session processes
+        that outlive the server fail the test (they are killed then)."""
+        try:
+            yield self.start()
+        finally:
+            leftovers = self.stop()
+        assert not leftovers, f"session processes outlived their server (killed now): {leftovers}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

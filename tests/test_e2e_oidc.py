@@ -64,11 +64,8 @@ def oidc_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     server = Server(workdir, request.param, identities,
                     extra_args=["-oidc-ca-file", str(ca.cert_path),
                                 "-per-source-penalties", "no"])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture
