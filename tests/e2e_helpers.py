@@ -605,6 +605,19 @@ def library_params(server: Server, key: Path, backend: str) -> object:
                          identities=[identity], backend=backend, verify_certificate=pin)
 
 
+async def logs_in(params: object) -> bool:
+    """One connection and one login with *params* (library API): True if the server
+    accepted it, False if it refused the authentication."""
+    from ssh3.aio.client import AuthenticationFailed, establish, open_connection
+
+    async with open_connection(params) as protocol:  # type: ignore[arg-type]
+        try:
+            await establish(protocol, params)  # type: ignore[arg-type]
+        except AuthenticationFailed:
+            return False
+    return True
+
+
 async def exec_on(channel: object, command: bytes, eof: bool = True) -> tuple[bytes, bytes, int]:
     """exec `command` on an open session channel (library API); returns
     (stdout, stderr, exit status)."""

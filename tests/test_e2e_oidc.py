@@ -26,6 +26,7 @@ from e2e_helpers import (
     Server,
     find_program,
     library_params,
+    logs_in,
     make_key,
     run_async,
     wait_for,
@@ -229,16 +230,11 @@ def test_bad_tokens_from_the_code_flow_are_refused(case, oidc_client, oidc_serve
 
 
 async def _login_with(server: Server, backend: str, key: Path, token: str) -> bool:
-    from ssh3.aio.client import AuthenticationFailed, Identity, establish, open_connection
+    from ssh3.aio.client import Identity
 
     params = library_params(server, key, backend)
     params.identities = [Identity("oidc", lambda user, conv: "Bearer " + token)]
-    async with open_connection(params) as protocol:
-        try:
-            await establish(protocol, params)
-        except AuthenticationFailed:
-            return False
-    return True
+    return await logs_in(params)
 
 
 def _try_tokens(server: Server, key: Path, tokens: list[str]) -> list[bool]:
