@@ -118,6 +118,17 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+async def listen_tcp(accepted: Callable[[asyncio.StreamReader, asyncio.StreamWriter], None],
+                     host: str | None, port: int, what: str) -> asyncio.Server:
+    """The local TCP listener of a forwarding (-L, -D); one that cannot listen is a
+    ForwardError naming the address and *what* it was for."""
+    try:
+        return await asyncio.start_server(accepted, host, port)
+    except OSError as exc:
+        raise ForwardError(f"cannot listen on TCP {host_port(host or '*', port)} for {what}: "
+                           f"{_os_reason(exc)}") from None
+
+
 def _log_report(text: str) -> None:
     """The library's default: problems a program would print go to the log."""
     log.warning("%s", text)
@@ -140,13 +151,8 @@ class TcpForwarder:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(
-                self._accepted, self.spec.listen_host, self.spec.listen_port)
-        except OSError as exc:
-            where = host_port(self.spec.listen_host or "*", self.spec.listen_port)
-            raise ForwardError(f"cannot listen on TCP {where} for {self.spec.text!r}: "
-                               f"{_os_reason(exc)}") from None
+        self._server = await listen_tcp(self._accepted, self.spec.listen_host,
+                                        self.spec.listen_port, repr(self.spec.text))
         log.info("forwarding TCP %s -> %s", self.spec.listen_port, host_port(*self.target))
 
     def get_port(self) -> int:

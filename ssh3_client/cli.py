@@ -375,20 +375,12 @@ async def _run(args: Args, target: Target) -> int:
                            insecure=args.insecure, verify_certificate=verifier,
                            connect_timeout=timeout,
                            bind_address=args.bind_address or args.options.get("bindaddress"))
-    command = " ".join(args.command).encode() if args.command else None
-    want_pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
-    if args.no_tty:
-        want_pty = False
-    if args.subsystem and command is None:
-        print("ssh3: -s needs a subsystem name", file=sys.stderr)
-        return 255
-    from .environment import EnvError, collect
+    from .session_args import session_basics
 
-    try:
-        env = collect(args.send_env, args.set_env)
-    except EnvError as exc:
-        print(f"ssh3: {exc}", file=sys.stderr)
-        return 255
+    basics = session_basics(args)
+    if isinstance(basics, int):
+        return basics
+    command, want_pty, env = basics
     request = SessionRequest(command=command, pty=want_pty, term=os.environ.get("TERM", ""),
                              forward_agent=args.forward_agent, subsystem=args.subsystem,
                              escape_char=parse_escape_char(args.escape_char),

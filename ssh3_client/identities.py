@@ -45,6 +45,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ssh3.auth.key_lines import key_line_blob
+
 if TYPE_CHECKING:
     from ssh3.aio.client import Identity
     from ssh3.auth.agent import AgentKey
@@ -143,22 +145,6 @@ def _blob_type(blob: bytes) -> bytes:
     return _string_at(blob, 0)[0]
 
 
-def _public_blob_of_line(text: bytes) -> bytes | None:
-    """The key blob of a ``type base64 [comment]`` line (a ``.pub`` file)."""
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 2 or fields[0].startswith(b"#"):
-            continue
-        try:
-            blob = base64.b64decode(fields[1], validate=True)
-            if _blob_type(blob) == fields[0]:
-                return blob
-        except (binascii.Error, ValueError):
-            pass
-        return None
-    return None
-
-
 def _public_blob_of_openssh_key(data: bytes) -> bytes | None:
     """An OpenSSH private key keeps its public key in the clear, even when encrypted."""
     start = data.find(_OPENSSH_BEGIN)
@@ -193,7 +179,7 @@ def public_blob_of_file(path: str) -> bytes | None:
         return None
     if _OPENSSH_BEGIN in data:
         return _public_blob_of_openssh_key(data)
-    return _public_blob_of_line(data)
+    return key_line_blob(data)
 
 
 def public_blob_of_key_file(path: str) -> bytes | None:

@@ -32,25 +32,25 @@ class KeepaliveError(Exception):
 def settings(options: dict[str, str]) -> tuple[float, int]:
     """(interval, count_max) from `-o`/config options; interval 0: the server's
     liveness is not checked (only the default PINGs go out)."""
-    interval = 0.0
-    count_max = DEFAULT_COUNT_MAX
-    text = options.get("serveraliveinterval", "").strip()
-    if text:
-        try:
-            interval = float(text)
-        except ValueError:
-            raise KeepaliveError(f"bad ServerAliveInterval {text!r}") from None
-        if interval < 0:
-            raise KeepaliveError(f"bad ServerAliveInterval {text!r}")
-    text = options.get("serveralivecountmax", "").strip()
-    if text:
-        try:
-            count_max = int(text)
-        except ValueError:
-            raise KeepaliveError(f"bad ServerAliveCountMax {text!r}") from None
-        if count_max < 1:
-            raise KeepaliveError(f"bad ServerAliveCountMax {text!r}")
+    interval = _option(options, "ServerAliveInterval", float, 0.0, 0.0)
+    count_max = _option(options, "ServerAliveCountMax", int, DEFAULT_COUNT_MAX, 1)
     return interval, count_max
+
+
+def _option(options: dict[str, str], name: str, convert: Any, default: Any,
+            minimum: Any) -> Any:
+    """One numeric option (keys are lower case): *default* when unset, KeepaliveError
+    when it is not a number of that kind or below *minimum*."""
+    text = options.get(name.lower(), "").strip()
+    if not text:
+        return default
+    try:
+        value = convert(text)
+    except ValueError:
+        raise KeepaliveError(f"bad {name} {text!r}") from None
+    if value < minimum:
+        raise KeepaliveError(f"bad {name} {text!r}")
+    return value
 
 
 class _ServerTimeout(Exception):

@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import mux_client
+from .session_args import session_basics
 
 TYPE_CHECKING = False  # typing itself costs start-up time
 if TYPE_CHECKING:
@@ -27,20 +28,10 @@ def _needs_own_connection(args: Any) -> bool:
 
 
 def _session_fields(args: Any, host: str) -> tuple[list[tuple[bytes, bytes]], bool] | int:
-    from .environment import EnvError, collect
-
-    command = " ".join(args.command).encode() if args.command else None
-    pty = (command is None and os.isatty(0) and not args.null_stdin) or args.force_tty
-    if args.no_tty:
-        pty = False
-    if args.subsystem and command is None:
-        print("ssh3: -s needs a subsystem name", file=sys.stderr)
-        return 255
-    try:
-        env = collect(args.send_env, args.set_env)
-    except EnvError as exc:
-        print(f"ssh3: {exc}", file=sys.stderr)
-        return 255
+    basics = session_basics(args)
+    if isinstance(basics, int):
+        return basics
+    command, pty, env = basics
     fields = mux_client.session_fields(
         command, pty, os.environ.get("TERM", ""), host, forward_agent=args.forward_agent,
         subsystem=args.subsystem, quiet=args.quiet, escape=args.escape_char, env=env)

@@ -25,6 +25,7 @@ from typing import Any
 from ssh3.aio.channel import Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import EXT_TCP_BY_NAME
+from ssh3.forward import listen_tcp
 from ssh3.messages import (
     TCP_BY_NAME_CHANNEL_TYPE,
     ChannelData,
@@ -291,13 +292,8 @@ class SocksForwarder:
         self._said_local_resolution = False
 
     async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(
-                self._accepted, self.spec.listen_host, self.spec.listen_port)
-        except OSError as exc:
-            where = host_port(self.spec.listen_host or "*", self.spec.listen_port)
-            raise ForwardError(f"cannot listen on TCP {where} for -D {self.spec.text!r}: "
-                               f"{_os_reason(exc)}") from None
+        self._server = await listen_tcp(self._accepted, self.spec.listen_host,
+                                        self.spec.listen_port, f"-D {self.spec.text!r}")
         log.info("SOCKS server on %s", host_port(self.spec.listen_host or "*",
                                                   self.spec.listen_port))
 

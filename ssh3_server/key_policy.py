@@ -10,6 +10,7 @@ again through its extensions and critical options.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ssh3.auth.certificates import CertificateGrant
 from ssh3.auth.key_options import KeyOptions, match_from
@@ -34,14 +35,9 @@ def refusal_of_line(options: KeyOptions, client_address: str,
 def narrow_by_options(base: Permissions, options: KeyOptions,
                       permit_user_environment: bool) -> Permissions:
     """*base* narrowed by one line's options."""
-    forwarding = options.permit_port_forwarding
-    return base.narrowed(
-        allow_pty=base.allow_pty and options.permit_pty,
-        allow_agent_forwarding=base.allow_agent_forwarding and options.permit_agent_forwarding,
-        # no-port-forwarding: every kind (-L/-D/-W, -R, and ssh3's UDP forwarding)
-        allow_tcp_forwarding=base.allow_tcp_forwarding and forwarding,
-        allow_udp_forwarding=base.allow_udp_forwarding and forwarding,
-        allow_remote_forwarding=base.allow_remote_forwarding and forwarding,
+    return _narrowed(
+        base, options.permit_pty, options.permit_agent_forwarding,
+        options.permit_port_forwarding,
         permit_open=_intersect(base.permit_open, options.permit_open),
         permit_listen=_intersect(base.permit_listen, options.permit_listen),
         forced_command=options.command if options.command is not None
@@ -59,14 +55,22 @@ def narrow_by_certificate(base: Permissions, grant: CertificateGrant) -> Permiss
         if forced is not None and forced != grant.force_command:
             raise ValueError("certificate and key options force different commands")
         forced = grant.force_command
-    forwarding = grant.permit_port_forwarding
+    return _narrowed(base, grant.permit_pty, grant.permit_agent_forwarding,
+                     grant.permit_port_forwarding, forced_command=forced)
+
+
+def _narrowed(base: Permissions, pty: bool, agent_forwarding: bool, port_forwarding: bool,
+              **more: Any) -> Permissions:
+    """*base* narrowed by the flags a key line and a certificate both carry (pty,
+    agent and port forwarding), and by *more* (other Permissions fields)."""
     return base.narrowed(
-        allow_pty=base.allow_pty and grant.permit_pty,
-        allow_agent_forwarding=base.allow_agent_forwarding and grant.permit_agent_forwarding,
-        allow_tcp_forwarding=base.allow_tcp_forwarding and forwarding,
-        allow_udp_forwarding=base.allow_udp_forwarding and forwarding,
-        allow_remote_forwarding=base.allow_remote_forwarding and forwarding,
-        forced_command=forced,
+        allow_pty=base.allow_pty and pty,
+        allow_agent_forwarding=base.allow_agent_forwarding and agent_forwarding,
+        # no-port-forwarding: every kind (-L/-D/-W, -R, and ssh3's UDP forwarding)
+        allow_tcp_forwarding=base.allow_tcp_forwarding and port_forwarding,
+        allow_udp_forwarding=base.allow_udp_forwarding and port_forwarding,
+        allow_remote_forwarding=base.allow_remote_forwarding and port_forwarding,
+        **more,
     )
 
 

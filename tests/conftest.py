@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_helpers import (
@@ -72,11 +73,8 @@ def shared_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     commands (and must leave it as they found it)."""
     server = Server(tmp_path_factory.mktemp(f"shared-{request.param}"), request.param,
                     authorized_keys)
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server (killed now): {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture(params=BACKENDS)
@@ -106,3 +104,21 @@ def make_client(tmp_path: Path, user_key: Path) -> Callable[..., Client]:
         return client
 
     return make
+
+
+@pytest.fixture
+def forwarding_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory: `ssh3 -N` with -L/-R/-D/... as a subprocess (test_e2e_forward_tcp's
+    ForwardingClient); each is stopped by PID afterwards."""
+    from test_e2e_forward_tcp import ForwardingClient  # the class lives with its tests
+
+    started: list[ForwardingClient] = []
+
+    def start(*args: object, **kwargs: object) -> ForwardingClient:
+        fc = ForwardingClient(*args, log_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+        started.append(fc)
+        return fc
+
+    yield start
+    for fc in started:
+        fc.stop()

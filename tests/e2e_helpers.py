@@ -25,6 +25,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +173,16 @@ class Server:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"ssh3-server did not start: {self.log()}")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Server]:
+        """Started for the with-block, stopped by PID after it; session processes
+        that outlive the server fail the test (they are killed then)."""
+        try:
+            yield self.start()
+        finally:
+            leftovers = self.stop()
+        assert not leftovers, f"session processes outlived their server (killed now): {leftovers}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -592,6 +603,19 @@ def library_params(server: Server, key: Path, backend: str) -> object:
     identity = private_key_identity(str(key), load_private_key(str(key)))
     return ConnectParams(host=HOST, port=server.port, path=server.url_path, user=USER,
                          identities=[identity], backend=backend, verify_certificate=pin)
+
+
+async def logs_in(params: object) -> bool:
+    """One connection and one login with *params* (library API): True if the server
+    accepted it, False if it refused the authentication."""
+    from ssh3.aio.client import AuthenticationFailed, establish, open_connection
+
+    async with open_connection(params) as protocol:  # type: ignore[arg-type]
+        try:
+            await establish(protocol, params)  # type: ignore[arg-type]
+        except AuthenticationFailed:
+            return False
+    return True
 
 
 async def exec_on(channel: object, command: bytes, eof: bool = True) -> tuple[bytes, bytes, int]:

@@ -5,6 +5,8 @@ replayed and dropped does not depend on timing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,19 @@ async def _serve(tmp_path: Path, backend_name: str):
     return server, handler, params
 
 
+@contextlib.asynccontextmanager
+async def _connected(tmp_path: Path, backend: str) -> AsyncIterator[tuple]:
+    """(client protocol, HoldingServer, params): a connection to a fresh server whose
+    SETTINGS have arrived; the server is closed after the block."""
+    server, handler, params = await _serve(tmp_path, backend)
+    try:
+        async with open_connection(params) as proto:
+            await asyncio.wait_for(proto.settings_received.wait(), 5)
+            yield proto, handler, params
+    finally:
+        server.close()
+
+
 async def _closed(channel) -> bool:
     try:
         while await asyncio.wait_for(channel.read(), 10) is not None:
@@ -78,34 +93,29 @@ async def _closed(channel) -> bool:
 @pytest.mark.parametrize("backend", ["aioquic", "qh3"])
 def test_held_until_accepted_then_replayed_in_order(tmp_path, backend):
     async def scenario():
-        server, handler, params = await _serve(tmp_path, backend)
-        try:
-            async with open_connection(params) as proto:
-                await asyncio.wait_for(proto.settings_received.wait(), 5)
-                assert proto.connection.peer_extensions & EXT_EARLY_CHANNELS
-                opened = []
+        async with _connected(tmp_path, backend) as (proto, handler, params):
+            assert proto.connection.peer_extensions & EXT_EARLY_CHANNELS
+            opened = []
 
-                def early(conv):
-                    for i in range(MAX_CHANNELS_PER_CONVERSATION + 1):
-                        ch = conv.open_channel("session")
-                        ch.send(ExecRequest(f"cmd{i}".encode()))
-                        opened.append(ch)
+            def early(conv):
+                for i in range(MAX_CHANNELS_PER_CONVERSATION + 1):
+                    ch = conv.open_channel("session")
+                    ch.send(ExecRequest(f"cmd{i}".encode()))
+                    opened.append(ch)
 
-                sid = start_connect(proto, params, "Bearer x")
-                open_early(proto, sid, early)
-                sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
-                # one over the cap: reset at once, while the CONNECT is still pending
-                assert await _closed(opened[-1])
-                assert len(sproto.early) == MAX_CHANNELS_PER_CONVERSATION
-                assert not sproto.conversations  # nothing reached a conversation
-                got = handler.accept(sproto, event)
-                assert [ch.channel_id for ch in got] == [ch.channel_id for ch in opened[:-1]]
-                for i, ch in enumerate(got):  # what was sent early is there, in order
-                    assert await asyncio.wait_for(ch.read(), 5) == ExecRequest(
-                        f"cmd{i}".encode())
-                assert len(sproto.early) == 0
-        finally:
-            server.close()
+            sid = start_connect(proto, params, "Bearer x")
+            open_early(proto, sid, early)
+            sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
+            # one over the cap: reset at once, while the CONNECT is still pending
+            assert await _closed(opened[-1])
+            assert len(sproto.early) == MAX_CHANNELS_PER_CONVERSATION
+            assert not sproto.conversations  # nothing reached a conversation
+            got = handler.accept(sproto, event)
+            assert [ch.channel_id for ch in got] == [ch.channel_id for ch in opened[:-1]]
+            for i, ch in enumerate(got):  # what was sent early is there, in order
+                assert await asyncio.wait_for(ch.read(), 5) == ExecRequest(
+                    f"cmd{i}".encode())
+            assert len(sproto.early) == 0
 
     run_async(scenario(), timeout=60)
 
@@ -113,25 +123,20 @@ def test_held_until_accepted_then_replayed_in_order(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["aioquic", "qh3"])
 def test_refusal_drops_held_channels_unread(tmp_path, backend):
     async def scenario():
-        server, handler, params = await _serve(tmp_path, backend)
-        try:
-            async with open_connection(params) as proto:
-                await asyncio.wait_for(proto.settings_received.wait(), 5)
-                opened = []
-                sid = start_connect(proto, params, "Bearer x")
-                open_early(proto, sid, lambda conv: opened.append(conv.open_channel("session")))
-                opened[0].send(ExecRequest(b"touch x"))
-                sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
-                while not len(sproto.early):  # the channel follows the CONNECT
-                    await asyncio.sleep(0.01)
-                held = dict(sproto.channels)
-                handler.refuse(sproto, event)
-                assert await _closed(opened[0])
-                assert len(sproto.early) == 0 and not sproto.channels
-                assert all(ch.error for ch in held.values())
-                assert not sproto.conversations
-        finally:
-            server.close()
+        async with _connected(tmp_path, backend) as (proto, handler, params):
+            opened = []
+            sid = start_connect(proto, params, "Bearer x")
+            open_early(proto, sid, lambda conv: opened.append(conv.open_channel("session")))
+            opened[0].send(ExecRequest(b"touch x"))
+            sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
+            while not len(sproto.early):  # the channel follows the CONNECT
+                await asyncio.sleep(0.01)
+            held = dict(sproto.channels)
+            handler.refuse(sproto, event)
+            assert await _closed(opened[0])
+            assert len(sproto.early) == 0 and not sproto.channels
+            assert all(ch.error for ch in held.values())
+            assert not sproto.conversations
 
     run_async(scenario(), timeout=60)
 
@@ -139,33 +144,28 @@ def test_refusal_drops_held_channels_unread(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["aioquic", "qh3"])
 def test_byte_cap_resets_the_held_channels(tmp_path, backend):
     async def scenario():
-        server, handler, params = await _serve(tmp_path, backend)
-        try:
-            async with open_connection(params) as proto:
-                await asyncio.wait_for(proto.settings_received.wait(), 5)
-                opened = []
+        async with _connected(tmp_path, backend) as (proto, handler, params):
+            opened = []
 
-                def flood(conv):
-                    ch = conv.open_channel("session")
-                    for _ in range(MAX_BYTES_PER_CONVERSATION // 1000 + 2):
-                        ch.send(ChannelData(b"x" * 1000))
-                    opened.append(ch)
+            def flood(conv):
+                ch = conv.open_channel("session")
+                for _ in range(MAX_BYTES_PER_CONVERSATION // 1000 + 2):
+                    ch.send(ChannelData(b"x" * 1000))
+                opened.append(ch)
 
-                sid = start_connect(proto, params, "Bearer x")
-                open_early(proto, sid, flood)
-                sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
-                assert await _closed(opened[0])
-                assert len(sproto.early) == 0
-                # the CONNECT itself is still answered, and a new channel is taken
-                got = handler.accept(sproto, event)
-                assert got == []
-                conv = proto.conversations[sid]
-                conv.open_channel("session").send(ExecRequest(b"later"))
-                while not got:
-                    await asyncio.sleep(0.01)
-                assert await asyncio.wait_for(got[0].read(), 5) == ExecRequest(b"later")
-        finally:
-            server.close()
+            sid = start_connect(proto, params, "Bearer x")
+            open_early(proto, sid, flood)
+            sproto, event = await asyncio.wait_for(handler.requests.get(), 10)
+            assert await _closed(opened[0])
+            assert len(sproto.early) == 0
+            # the CONNECT itself is still answered, and a new channel is taken
+            got = handler.accept(sproto, event)
+            assert got == []
+            conv = proto.conversations[sid]
+            conv.open_channel("session").send(ExecRequest(b"later"))
+            while not got:
+                await asyncio.sleep(0.01)
+            assert await asyncio.wait_for(got[0].read(), 5) == ExecRequest(b"later")
 
     run_async(scenario(), timeout=60)
 

@@ -4,17 +4,15 @@ the real `ssh3 -A` client and a real ssh3-server; `ssh-add -l` runs remotely."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Client, Server, make_key, stop_process, wait_for
+from e2e_helpers import Client, Server, make_key, wait_for
+from ssh_agent_helpers import HAVE_AGENT, running_agent
 
-pytestmark = pytest.mark.skipif(not (shutil.which("ssh-agent") and shutil.which("ssh-add")),
-                                reason="needs OpenSSH's ssh-agent and ssh-add")
+pytestmark = pytest.mark.skipif(not HAVE_AGENT, reason="needs OpenSSH's ssh-agent and ssh-add")
 
 # the agent keys must not be used to log in (they are not authorized): only -i
 NO_AGENT_LOGIN = ["-o", "IdentitiesOnly=yes"]
@@ -29,24 +27,11 @@ class Agent:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
-    # a short directory: unix socket paths are limited to 108 bytes
-    directory = tempfile.mkdtemp(prefix="ssh3-test-agent-")
-    sock = os.path.join(directory, "a.sock")
-    proc = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        assert wait_for(lambda: os.path.exists(sock), 10.0), "ssh-agent did not start"
-        key = make_key(tmp_path / "agentkey")
-        env = {**os.environ, "SSH_AUTH_SOCK": sock}
-        subprocess.run(["ssh-add", str(key)], env=env, check=True, timeout=10,
-                       stdin=subprocess.DEVNULL, capture_output=True)
-        fingerprint = subprocess.run(["ssh-keygen", "-lf", str(key)], check=True, timeout=10,
-                                     capture_output=True, text=True).stdout.split()[1]
+    key = make_key(tmp_path / "agentkey")
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(key)], check=True, timeout=10,
+                                 capture_output=True, text=True).stdout.split()[1]
+    with running_agent(key) as sock:
         yield Agent(sock, fingerprint)
-    finally:
-        stop_process(proc)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run(client: Client, server: Server, agent: Agent, extra: list[str]) -> tuple[str, str]:

@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Server, find_program, make_key, run_async
+from e2e_helpers import Server, find_program, logs_in, make_key, run_async
 from test_e2e_accounts import ACCOUNT, PASSWORD, account  # noqa: F401  (fixture)
 
 from ssh3.aio.client import (
-    AuthenticationFailed,
     ConnectParams,
     Identity,
-    establish,
-    open_connection,
 )
 from ssh3.auth.password import basic_authorization
 
@@ -53,12 +50,7 @@ async def _attempt(srv: Server, host: str, password: str) -> bool:
     ident = Identity("password", lambda u, _cid: basic_authorization(u, password))
     params = ConnectParams(host=host, port=srv.port, path=srv.url_path, user=ACCOUNT,
                            identities=[ident], backend=srv.backend, insecure=True)
-    async with open_connection(params) as protocol:
-        try:
-            await establish(protocol, params)
-        except AuthenticationFailed:
-            return False
-        return True
+    return await logs_in(params)
 
 
 async def _brute_force(srv: Server) -> list[bool]:

@@ -52,11 +52,8 @@ def ca_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     authorized.write_text("")
     server = Server(workdir / "server", request.param, authorized,
                     extra_args=[*NO_PENALTIES, "-trusted-user-ca-keys", str(trusted)])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture

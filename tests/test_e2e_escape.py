@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
 
 import pytest
 from e2e_helpers import PtyProcess
+from services import echo_service
 
 
 @pytest.fixture
@@ -65,32 +64,6 @@ def test_escape_none(server, make_client):
         term.close()
 
 
-@contextlib.contextmanager
-def echo_server():
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,7 +71,7 @@ def _free_port() -> int:
 
 
 def test_command_line_local_forward(server, make_client):
-    with echo_server() as echo_port:
+    with echo_service() as echo_port:
         term = _shell(make_client(trust=server), server)
         try:
             port = _free_port()

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from e2e_helpers import (
     stop_process,
     wait_for,
 )
+from services import fetch, http_server, tcp_service
 
 from ssh3_client.forwarding import ForwardError, parse_local_forward, parse_reference_spec
 
@@ -94,106 +92,30 @@ class ForwardingClient:
                 self.proc.stdout.close()
 
 
-@pytest.fixture
-def forwarding_client(tmp_path: Path) -> Iterator[Callable[..., ForwardingClient]]:
-    started: list[ForwardingClient] = []
-
-    def start(*args: object, **kwargs: object) -> ForwardingClient:
-        fc = ForwardingClient(*args, log_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(fc)
-        return fc
-
-    yield start
-    for fc in started:
-        fc.stop()
-
-
 @contextlib.contextmanager
 def policy_server(tmp_path: Path, backend: str, authorized_keys: Path,
                   extra_args: list[str]) -> Iterator[Server]:
     server = Server(tmp_path / f"server-{backend}", backend, authorized_keys,
                     extra_args=extra_args)
-    try:
-        yield server.start()
-    finally:
-        assert not server.stop()
+    with server.running():
+        yield server
 
 
-@contextlib.contextmanager
-def background(target: Callable[[], None], stop: Callable[[], None]) -> Iterator[None]:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop()
-        thread.join(10)
-        assert not thread.is_alive()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        return None
-
-
-@contextlib.contextmanager
-def http_server(directory: Path) -> Iterator[int]:
-    """A real HTTP server (python's http.server) on 127.0.0.1; yields its port."""
-    def handler(*args: object) -> _QuietHandler:
-        return _QuietHandler(*args, directory=str(directory))  # type: ignore[arg-type]
-
-    httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)  # type: ignore[arg-type]
-    httpd.daemon_threads = True
-
-    def stop() -> None:
-        httpd.shutdown()
-        httpd.server_close()
-
-    with background(httpd.serve_forever, stop):
-        yield httpd.server_address[1]
-
-
-@contextlib.contextmanager
-def sink_server(download: int = 0) -> Iterator[int]:
+def sink_server(download: int = 0) -> contextlib.AbstractContextManager[int]:
     """A TCP service that sends `download` pseudo-random bytes, then reads to EOF and
     only then answers `<bytes> <sha256>\\n`: it needs the half-close to reply at all."""
-    listener = socket.create_server((HOST, 0))
-    listener.settimeout(0.2)
-    stopping = threading.Event()
-
     def serve_one(conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(120)
-            if download:
-                conn.sendall(pattern(download))
-            h = hashlib.sha256()
-            n = 0
-            while data := conn.recv(1 << 20):
-                h.update(data)
-                n += len(data)
-            conn.sendall(f"{n} {h.hexdigest()}\n".encode())
+        conn.settimeout(120)
+        if download:
+            conn.sendall(pattern(download))
+        h = hashlib.sha256()
+        n = 0
+        while data := conn.recv(1 << 20):
+            h.update(data)
+            n += len(data)
+        conn.sendall(f"{n} {h.hexdigest()}\n".encode())
 
-    def run() -> None:
-        workers = []
-        while not stopping.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            worker = threading.Thread(target=serve_one, args=(conn,), daemon=True)
-            worker.start()
-            workers.append(worker)
-        for worker in workers:
-            worker.join(10)
-
-    def stop() -> None:
-        stopping.set()
-
-    with background(run, stop):
-        yield listener.getsockname()[1]
-    listener.close()
+    return tcp_service(serve_one)
 
 
 def pattern(size: int) -> bytes:
@@ -229,11 +151,6 @@ def closed_without_data(port: int) -> bool:
             return True
 
 
-def fetch(port: int, name: str) -> bytes:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/{name}", timeout=20) as response:
-        return response.read()
-
-
 # ---------------------------------------------------------------------- fixtures
 
 
@@ -242,11 +159,8 @@ def fwd_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
                authorized_keys: Path) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp(f"fwd-{request.param}"), request.param,
                     authorized_keys)
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers
+    with server.running():
+        yield server
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,9 +28,8 @@ from e2e_helpers import (
     stop_process,
     wait_for,
 )
+from services import udp_service
 from test_e2e_forward_tcp import (  # shared helpers, not tests
-    ForwardingClient,
-    background,
     free_port,
     policy_server,
 )
@@ -96,30 +94,17 @@ def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         stop_process(proc)
 
 
-@contextlib.contextmanager
-def sized_reply_server() -> Iterator[int]:
+def _sized_reply(data: bytes) -> bytes | None:
+    if len(data) < 4:
+        return None
+    size = struct.unpack("!I", data[:4])[0]
+    return (data[:4] * (size // 4 + 1))[:size]
+
+
+def sized_reply_server() -> contextlib.AbstractContextManager[int]:
     """UDP: a request starting with a 4-byte big-endian length gets a reply of that
     many bytes (each reply's first 4 bytes repeat the request's)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((HOST, 0))
-    sock.settimeout(0.2)
-    stopping = threading.Event()
-
-    def run() -> None:
-        while not stopping.is_set():
-            try:
-                data, addr = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(data) >= 4:
-                size = struct.unpack("!I", data[:4])[0]
-                sock.sendto((data[:4] * (size // 4 + 1))[:size], addr)
-
-    with background(run, stopping.set):
-        yield sock.getsockname()[1]
-    sock.close()
+    return udp_service(_sized_reply)
 
 
 def ask(sock: socket.socket, port: int, size: int, pad: int = 0) -> bytes | None:
@@ -131,20 +116,6 @@ def ask(sock: socket.socket, port: int, size: int, pad: int = 0) -> bytes | None
 
 
 # ---------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def forwarding_client(tmp_path: Path) -> Iterator:
-    started: list[ForwardingClient] = []
-
-    def start(*args: object, **kwargs: object) -> ForwardingClient:
-        fc = ForwardingClient(*args, log_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(fc)
-        return fc
-
-    yield start
-    for fc in started:
-        fc.stop()
 
 
 # ---------------------------------------------------------------------- tests

@@ -65,11 +65,8 @@ def id_server(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[
     # these tests fail on purpose: no per-source penalties for 127.0.0.1
     server = Server(d / "server", "aioquic", authorized,
                     extra_args=["-per-source-penalties", "no"])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture

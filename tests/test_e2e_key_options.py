@@ -7,16 +7,14 @@ module and each test rewrites the file first. Clients connect from 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_helpers import BACKENDS, HOST, USER, Client, Server, make_key, wait_for
+from services import reply_service
 from ssh_agent_helpers import HAVE_AGENT, running_agent
 
 NO_PENALTIES = ["-per-source-penalties", "no"]
@@ -31,11 +29,8 @@ def opt_server(request: pytest.FixtureRequest,
     # refusals are expected here: no penalty for the test's source
     server = Server(workdir / "server", request.param, authorized,
                     extra_args=[*NO_PENALTIES, "-subsystem", "upper=tr a-z A-Z"])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture
@@ -75,37 +70,6 @@ def run_with_agent(client: Client, server: Server, command: str, sock: str,
 
 def log_has(server: Server, pattern: str) -> bool:
     return wait_for(lambda: re.search(pattern, server.log()) is not None, 5.0)
-
-
-@contextlib.contextmanager
-def tcp_service(reply: bytes = b"hello from the service\n") -> Iterator[int]:
-    """A TCP service on 127.0.0.1 that sends *reply* to each connection and closes."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                with contextlib.suppress(OSError):
-                    conn.sendall(reply)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
 
 
 # ---------------------------------------------------------------- from= and expiry-time
@@ -220,7 +184,7 @@ def test_environment_needs_the_server_flag(opt_server, authorize, make_client,
 
 def test_no_port_forwarding_and_restrict_refuse_forwards(opt_server, authorize, make_client):
     client = make_client(opt_server.backend, trust=opt_server)
-    with tcp_service() as port:
+    with reply_service(b"hello from the service\n") as port:
         authorize(opt_server, "")
         r = client.run(opt_server, None, extra_args=["-W", f"{HOST}:{port}"], timeout=30)
         assert (r.returncode, r.stdout) == (0, b"hello from the service\n"), r.stderr
@@ -235,7 +199,7 @@ def test_no_port_forwarding_and_restrict_refuse_forwards(opt_server, authorize, 
 
 def test_permitopen(opt_server, authorize, make_client):
     client = make_client(opt_server.backend, trust=opt_server)
-    with tcp_service(b"allowed\n") as allowed, tcp_service(b"other\n") as other:
+    with reply_service(b"allowed\n") as allowed, reply_service(b"other\n") as other:
         authorize(opt_server, f'permitopen="{HOST}:{allowed}",permitopen="localhost:1"')
         r = client.run(opt_server, None, extra_args=["-W", f"{HOST}:{allowed}"], timeout=30)
         assert (r.returncode, r.stdout) == (0, b"allowed\n"), r.stderr

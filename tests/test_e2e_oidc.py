@@ -26,6 +26,7 @@ from e2e_helpers import (
     Server,
     find_program,
     library_params,
+    logs_in,
     make_key,
     run_async,
     wait_for,
@@ -64,11 +65,8 @@ def oidc_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     server = Server(workdir, request.param, identities,
                     extra_args=["-oidc-ca-file", str(ca.cert_path),
                                 "-per-source-penalties", "no"])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 @pytest.fixture
@@ -232,16 +230,11 @@ def test_bad_tokens_from_the_code_flow_are_refused(case, oidc_client, oidc_serve
 
 
 async def _login_with(server: Server, backend: str, key: Path, token: str) -> bool:
-    from ssh3.aio.client import AuthenticationFailed, Identity, establish, open_connection
+    from ssh3.aio.client import Identity
 
     params = library_params(server, key, backend)
     params.identities = [Identity("oidc", lambda user, conv: "Bearer " + token)]
-    async with open_connection(params) as protocol:
-        try:
-            await establish(protocol, params)
-        except AuthenticationFailed:
-            return False
-    return True
+    return await logs_in(params)
 
 
 def _try_tokens(server: Server, key: Path, tokens: list[str]) -> list[bool]:

@@ -8,44 +8,22 @@ import concurrent.futures
 import hashlib
 import re
 import socket
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from e2e_helpers import HOST, USER, Client, Server, wait_for
+from services import fetch, http_server
 from test_e2e_forward_tcp import (  # shared helpers, not tests
     ForwardingClient,
     _listening,
     free_port,
-    http_server,
     pattern,
     policy_server,
     sink_server,
 )
 
 ALLOCATED_RE = re.compile(r"Allocated port (\d+) for remote forward to (\S+)")
-
-
-@pytest.fixture
-def reverse_client(tmp_path: Path) -> Iterator[Callable[..., ForwardingClient]]:
-    """Factory: `ssh3 -N -R ...` as a subprocess; each is stopped by PID afterwards."""
-    started: list[ForwardingClient] = []
-
-    def start(*args: object, **kwargs: object) -> ForwardingClient:
-        fc = ForwardingClient(*args, log_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
-        started.append(fc)
-        return fc
-
-    yield start
-    for fc in started:
-        fc.stop()
-
-
-def _fetch(port: int, name: str = "index.html") -> bytes:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/{name}", timeout=30) as resp:
-        return resp.read()
 
 
 def _connect_refused(port: int) -> bool:
@@ -89,17 +67,17 @@ def _hashed_exchange(port: int, payload: bytes, why: Callable[[], str]) -> bytes
 
 def test_fixed_port_serves_http_and_goes_away(
         server: Server, make_client: Callable[..., Client], tmp_path: Path,
-        reverse_client: Callable[..., ForwardingClient]) -> None:
+        forwarding_client: Callable[..., ForwardingClient]) -> None:
     """-R PORT:127.0.0.1:HTTP: the server listens on PORT (loopback), each connection
     reaches the client's HTTP server; once the client exits the port is closed."""
     client = make_client(server.backend, trust=server)
     site, body = _site(tmp_path)
     with http_server(site) as http_port:
         port = free_port()
-        fc = reverse_client(client, server, ["-R", f"{port}:{HOST}:{http_port}"],
+        fc = forwarding_client(client, server, ["-R", f"{port}:{HOST}:{http_port}"],
                                tcp_ports=(port,))
-        assert _fetch(port) == body
-        big = _fetch(port, "big.bin")
+        assert fetch(port) == body
+        big = fetch(port, "big.bin")
         assert hashlib.sha256(big).digest() == hashlib.sha256(pattern(3 << 20)).digest()
         assert "Allocated port" not in fc.stderr()  # only for port 0, as OpenSSH
         assert fc.stop() == 0
@@ -113,19 +91,19 @@ def test_fixed_port_serves_http_and_goes_away(
 
 def test_port_zero_reports_allocated_port(
         server: Server, make_client: Callable[..., Client], tmp_path: Path,
-        reverse_client: Callable[..., ForwardingClient]) -> None:
+        forwarding_client: Callable[..., ForwardingClient]) -> None:
     """-R 0:...: the server picks the port and the client prints OpenSSH's
     "Allocated port N for remote forward to host:hostport"; several connections at
     once are relayed independently."""
     client = make_client(server.backend, trust=server)
     site, body = _site(tmp_path)
     with http_server(site) as http_port:
-        fc = reverse_client(client, server, ["-R", f"0:{HOST}:{http_port}"])
+        fc = forwarding_client(client, server, ["-R", f"0:{HOST}:{http_port}"])
         port = _allocated(fc)
         assert ALLOCATED_RE.search(fc.stderr()).group(2) == f"{HOST}:{http_port}"  # type: ignore[union-attr]
         assert 0 < port < 65536 and _listening(port, False)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(lambda i: _fetch(port, "big.bin" if i % 2 else
+            results = list(pool.map(lambda i: fetch(port, "big.bin" if i % 2 else
                                                      "index.html"), range(12)))
         want_big = hashlib.sha256(pattern(3 << 20)).digest()
         for i, got in enumerate(results):
@@ -136,13 +114,13 @@ def test_port_zero_reports_allocated_port(
 
 def test_half_close_both_ways(
         server: Server, make_client: Callable[..., Client],
-        reverse_client: Callable[..., ForwardingClient]) -> None:
+        forwarding_client: Callable[..., ForwardingClient]) -> None:
     """The connecting side's EOF reaches the target (which only answers after it),
     and the target's answer and EOF come back: a half-close in both directions.
     Also a download before the upload, through the same connection."""
     client = make_client(server.backend, trust=server)
     with sink_server(download=200_000) as sink_port:
-        fc = reverse_client(client, server, ["-R", f"0:{HOST}:{sink_port}"])
+        fc = forwarding_client(client, server, ["-R", f"0:{HOST}:{sink_port}"])
         port = _allocated(fc)
         payload = pattern(1 << 20)
         def why() -> str:
@@ -160,13 +138,13 @@ def test_half_close_both_ways(
 
 def test_target_down_closes_the_connection(
         server: Server, make_client: Callable[..., Client],
-        reverse_client: Callable[..., ForwardingClient]) -> None:
+        forwarding_client: Callable[..., ForwardingClient]) -> None:
     """The client cannot reach the forward's target: it refuses that one channel
     (ChannelOpenFailure), the server closes the accepted connection, the forward
     stays up."""
     client = make_client(server.backend, trust=server)
     dead = free_port()
-    fc = reverse_client(client, server, ["-R", f"0:{HOST}:{dead}"])
+    fc = forwarding_client(client, server, ["-R", f"0:{HOST}:{dead}"])
     port = _allocated(fc)
     with socket.create_connection((HOST, port), timeout=30) as sock:
         sock.settimeout(30)
@@ -216,7 +194,7 @@ def test_refused_by_server_policy(
 def test_bind_address_needs_gateway_ports(
         tmp_path: Path, server_backend: str, authorized_keys: Path,
         make_client: Callable[..., Client],
-        reverse_client: Callable[..., ForwardingClient]) -> None:
+        forwarding_client: Callable[..., ForwardingClient]) -> None:
     """-R *:PORT:... binds every interface only with the server's -gateway-ports;
     without it the listener is on loopback (sshd's GatewayPorts no)."""
     for extra, want_any in (([], False), (["-gateway-ports"], True)):
@@ -224,7 +202,7 @@ def test_bind_address_needs_gateway_ports(
                            extra) as server:
             client = make_client(server_backend, trust=server)
             port = free_port()
-            fc = reverse_client(client, server, ["-R", f"*:{port}:{HOST}:9"],
+            fc = forwarding_client(client, server, ["-R", f"*:{port}:{HOST}:9"],
                                    tcp_ports=(port,))
             assert _bound_addresses(port) and \
                 ("0.0.0.0" in _bound_addresses(port)) == want_any, _bound_addresses(port)

@@ -8,12 +8,12 @@ import http.server
 import shutil
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_helpers import BACKENDS, HOST, Client, Server
+from services import http_service
 from test_e2e_forward_tcp import ForwardingClient, free_port
 
 BODY = b"hello through socks\n" * 50
@@ -32,15 +32,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_port() -> Iterator[int]:
-    httpd = http.server.ThreadingHTTPServer((HOST, 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
+    with http_service(_Handler) as port:
+        yield port
 
 
 def _curl(proxy_flag: str, socks_port: int, url: str) -> subprocess.CompletedProcess:

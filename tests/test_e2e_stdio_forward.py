@@ -3,20 +3,19 @@ service on 127.0.0.1, and OpenSSH riding over ssh3 (ProxyCommand) to a real sshd
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shlex
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e_helpers import HOST, USER, stop_process
+from services import echo_service
 
 from ssh3_client.cli import UsageError, parse_args
 from ssh3_client.stdio_forward import StdioTarget, parse_stdio_target
@@ -30,48 +29,9 @@ def server(shared_server):
     return shared_server
 
 
-@contextlib.contextmanager
-def echo_service() -> Iterator[int]:
-    """Echoes what it gets; after the client's EOF it sends EOF_MARK and closes:
-    a reply that can only come through a half-closed connection."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((HOST, 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            with contextlib.suppress(OSError):
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-                conn.sendall(EOF_MARK)
-                conn.shutdown(socket.SHUT_WR)
-
-    def accept_loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept_loop, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-
-
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    with echo_service() as port:
+    with echo_service(EOF_MARK) as port:
         yield port
 
 
@@ -96,7 +56,7 @@ def test_round_trip_and_half_close(server, make_client):
     client = make_client(server.backend, trust=server)
     data = b"hello over -W\n"
     for target in (f"{HOST}:{{port}}", "localhost:{port}"):  # an address, a name
-        with echo_service() as port:
+        with echo_service(EOF_MARK) as port:
             r = client.run(server, None, input=data, timeout=30,
                            extra_args=["-W", target.format(port=port)])
         assert (r.returncode, r.stderr) == (0, b""), r.stderr

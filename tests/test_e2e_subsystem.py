@@ -20,11 +20,8 @@ def sub_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     server = Server(tmp_path_factory.mktemp(f"subsys-{request.param}"), request.param,
                     authorized_keys,
                     extra_args=["-subsystem", "echo=tr a-z A-Z", "-subsystem", "env=env"])
-    try:
-        yield server.start()
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"session processes outlived their server: {leftovers}"
+    with server.running():
+        yield server
 
 
 def test_configured_subsystem_runs_like_exec(sub_server, make_client):

@@ -11,21 +11,19 @@ whose ~/.ssh3/known_hosts trusts the server, as a user's would.
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from e2e_helpers import BACKENDS
+from services import http_server, udp_service
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "library.md"
@@ -105,55 +103,17 @@ def test_readme_section_extraction():
 # ------------------------------------------------------------ services the examples use
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def http_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    directory = tmp_path_factory.mktemp("www")
-
-    def handler(*args: object) -> _Quiet:
-        return _Quiet(*args, directory=str(directory))  # type: ignore[arg-type]
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with http_server(tmp_path_factory.mktemp("www")) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def udp_port() -> Iterator[int]:
     """A UDP echo service."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def echo() -> None:
-        sock.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                data, addr = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.sendto(data, addr)
-
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
+    with udp_service(lambda data: data) as port:
+        yield port
 
 
 @pytest.fixture

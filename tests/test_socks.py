@@ -133,3 +133,31 @@ def test_name_header_round_trip() -> None:
     assert got == header
     with pytest.raises(ValueError):
         ChannelHeader(0, TCP_BY_NAME_CHANNEL_TYPE, 30000, ("x" * 256, 1)).encode()
+
+
+@pytest.mark.parametrize("kind", ["-D", "-L"])
+def test_busy_port_is_a_forward_error_naming_it(kind):
+    """-L and -D share their listener start-up: a port in use is a ForwardError
+    that names the address, the spec and the reason; nothing is left listening."""
+    import asyncio
+    import socket
+
+    from ssh3_client.forwarding import TcpForwarder, parse_local_forward
+    from ssh3_client.socks import SocksForwarder
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        if kind == "-D":
+            text = f"127.0.0.1:{port}"
+            forwarder = SocksForwarder(None, parse_dynamic_forward(text))  # type: ignore[arg-type]
+            expected = f"for -D {text!r}: "
+        else:
+            text = f"127.0.0.1:{port}:127.0.0.1:9"
+            forwarder = TcpForwarder(None, parse_local_forward(text),  # type: ignore[arg-type]
+                                     ("127.0.0.1", 9))
+            expected = f"for {text!r}: "
+        with pytest.raises(ForwardError) as info:
+            asyncio.run(forwarder.start())
+    message = str(info.value)
+    assert message.startswith(f"cannot listen on TCP 127.0.0.1:{port} {expected}"), message
+    assert "in use" in message.lower(), message

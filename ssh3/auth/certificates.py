@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from .jwt_token import CERT_HEADER as HEADER_FIELD
+from .key_lines import key_line_blob
 from .key_options import match_source_address
 from .keys import PublicKey
 
@@ -98,19 +99,10 @@ def parse_certificate_blob(blob: bytes) -> SSHCertificate:
 
 def certificate_blob_of_text(text: bytes) -> bytes | None:
     """The blob of a ``-cert.pub`` file (``type base64 [comment]``), None if it is none."""
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 2 or fields[0].startswith(b"#"):
-            continue
-        try:
-            blob = base64.b64decode(fields[1], validate=True)
-        except (binascii.Error, ValueError):
-            return None
-        if _blob_type(blob).encode() != fields[0] or not fields[0].endswith(
-                CERT_SUFFIX.encode()):
-            return None
-        return blob
-    return None
+    blob = key_line_blob(text)
+    if blob is None or not _blob_type(blob).endswith(CERT_SUFFIX):
+        return None
+    return blob
 
 
 def certified_key_blob(cert_blob: bytes) -> bytes | None:
