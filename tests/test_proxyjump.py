@@ -64,8 +64,10 @@ def test_qh3_hops_that_outgrow_its_initial_use_aioquic():
 def test_connect_timeout():
     assert connect_timeout({}) == 15.0
     assert connect_timeout({"connecttimeout": "2.5"}) == 2.5
-    assert connect_timeout({"connecttimeout": "none"}) == 15.0
-    for bad in ("0", "-1", "soon"):
+    # one parser for hops and direct connections: "none" and 0 mean no limit
+    assert connect_timeout({"connecttimeout": "none"}) is None
+    assert connect_timeout({"connecttimeout": "0"}) is None
+    for bad in ("-1", "soon", "nan"):
         with pytest.raises(JumpSpecError):
             connect_timeout({"connecttimeout": bad})
 
