@@ -12,7 +12,6 @@ jump), not on the server as OpenSSH would. See docs/forwarding.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -23,17 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .aio.channel import Channel, ChannelClosed, run_both_ways
+from .aio.channel import Channel, ChannelClosed
 from .aio.conversation import Conversation
-from .connection import STOP_SENDING_TCP_WRITE_FAILED
-from .messages import ChannelData, ChannelOpenConfirmation, ChannelOpenFailure
+from .aio.tcp_relay import TcpRelay, send_fin
+from .aio.tcp_relay import finish as _finish
+from .messages import ChannelOpenConfirmation, ChannelOpenFailure
 
 log = logging.getLogger("ssh3.client.forwarding")
 
-TCP_READ_SIZE = 64 * 1024
-# code for a channel we give up on (H3_REQUEST_CANCELLED): resetting our side lets
-# the QUIC stream complete, so that the server can hand the stream credit back
-CHANNEL_ABORTED = 0x10C
 UDP_IDLE_TIMEOUT = 120.0
 # concurrent UDP flows per listener: each holds a QUIC stream, and servers allow
 # about 100 open streams; the least recently used flow is closed beyond this
@@ -88,27 +84,6 @@ async def resolve(spec: ForwardSpec) -> tuple[str, int]:
             if family == want:
                 return str(sockaddr[0]).split("%")[0], spec.target_port
     raise ForwardError(f"{spec.target_host} has no IP address (for {spec.text!r})")
-
-
-def send_fin(channel: Channel) -> None:
-    """FIN our direction, unless the stream can no longer take it (the peer reset it,
-    or asked us to stop sending: QUIC stacks reset the stream on STOP_SENDING)."""
-    if channel.eof_sent or channel.error is not None or channel.stop_sending_code is not None:
-        return
-    try:
-        channel.send_eof()
-    except Exception:  # noqa: BLE001 - the QUIC library's "stream was reset"
-        log.debug("channel %d: FIN not sent (stream already reset)", channel.channel_id)
-
-
-def _finish(channel: Channel) -> None:
-    """Let go of a channel: whichever direction is still open is aborted, so that the
-    QUIC stream completes on both ends (and its stream credit comes back)."""
-    if not channel.eof_received and channel.error is None:
-        channel.protocol.stop_channel(channel.channel_id, CHANNEL_ABORTED)
-    if not channel.eof_sent:
-        channel.protocol.reset_channel(channel.channel_id, CHANNEL_ABORTED)
-    channel.protocol.forget_channel(channel.channel_id)
 
 
 def _os_reason(exc: OSError) -> str:
@@ -185,86 +160,41 @@ class TcpForwarder:
         await asyncio.gather(*self._connections, return_exceptions=True)
 
 
-class _TcpRelay:
+class _TcpRelay(TcpRelay):
+    """The client's side of a -L/SOCKS connection: the channel's first answer is the
+    server's confirmation or failure (reported), and a FIN waits for it."""
+
     def __init__(self, channel: Channel, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, spec: ForwardSpec, report: Report) -> None:
-        self.channel = channel
-        self.reader = reader
-        self.writer = writer
+        super().__init__(channel, reader, writer,
+                         f"forwarded connection to {spec.target_text}")
         self.spec = spec
         self.report = report
         # the server answered (confirmation, failure or end): the header was parsed
         self.answered = asyncio.Event()
-        self.aborted = False
 
-    async def run(self) -> None:
-        await run_both_ways(self.channel, [self._from_server(), self._to_server()],
-                            self._abort, lambda: self.aborted)
+    def on_message(self, msg: object) -> bool:
+        self.answered.set()
+        if isinstance(msg, ChannelOpenFailure):
+            self.report(f"forwarding to {self.spec.target_text} failed: {msg.message}")
+            self._abort()
+            return False
+        if not isinstance(msg, ChannelOpenConfirmation):
+            log.debug("%s: %s ignored", self.label, type(msg).__name__)
+        return True
 
-    async def _from_server(self) -> None:
-        while True:
-            try:
-                msg = await self.channel.read()
-            except ChannelClosed as exc:
-                log.debug("forwarded connection to %s ended: %s", self.spec.target_text, exc)
-                self.answered.set()
-                self._abort()
-                return
-            if msg is None:
-                self.answered.set()
-                with contextlib.suppress(OSError):
-                    if self.writer.can_write_eof():
-                        self.writer.write_eof()
-                return
-            if isinstance(msg, ChannelOpenConfirmation):
-                self.answered.set()
-            elif isinstance(msg, ChannelOpenFailure):
-                self.answered.set()
-                self.report(f"forwarding to {self.spec.target_text} failed: {msg.message}")
-                self._abort()
-                return
-            elif isinstance(msg, ChannelData):
-                if not msg.data:
-                    continue
-                try:
-                    self.writer.write(msg.data)
-                    await self.writer.drain()
-                except OSError:
-                    # the local side is gone: tell the server, as the reference does
-                    self.channel.protocol.stop_channel(self.channel.channel_id,
-                                                       STOP_SENDING_TCP_WRITE_FAILED)
-                    self._abort()
-                    return
-            else:
-                log.debug("forwarded connection: %s ignored", type(msg).__name__)
+    def on_channel_closed(self, exc: ChannelClosed) -> None:
+        log.debug("%s ended: %s", self.label, exc)
+        self.answered.set()
 
-    async def _to_server(self) -> None:
-        sent = False
-        while True:
-            try:
-                data = await self.reader.read(TCP_READ_SIZE)
-            except OSError:
-                # reset, not closed: the channel is reset too (by _finish), not FINned
-                self._abort()
-                return
-            if not data:
-                if not sent:
-                    # a FIN right behind the header breaks the reference's header
-                    # parsing (§3.3): wait until the server has answered
-                    await self.answered.wait()
-                send_fin(self.channel)
-                return
-            try:
-                await self.channel.write(data)
-            except ChannelClosed:
-                self._abort()
-                return
-            sent = True
+    def on_peer_eof(self) -> None:
+        self.answered.set()
 
-    def _abort(self) -> None:
-        self.aborted = True
-        if not self.writer.transport.is_closing():
-            self.writer.transport.abort()
+    async def before_fin(self, sent: bool) -> None:
+        if not sent:
+            # a FIN right behind the header breaks the reference's header
+            # parsing (§3.3): wait until the server has answered
+            await self.answered.wait()
 
 
 # ---------------------------------------------------------------- UDP

@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 from ssh3.aio.conversation import Conversation
 from ssh3.forward import (  # noqa: F401 - re-exported for socks, stdio_forward, escape
-    CHANNEL_ABORTED,
     MAX_UDP_FLOWS,
-    TCP_READ_SIZE,
     UDP_IDLE_TIMEOUT,
     UDP_SEND_BUFFER_LIMIT,
     ForwardError,

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed, run_both_ways
+from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
-from ssh3.connection import STOP_SENDING_TCP_WRITE_FAILED
+from ssh3.aio.tcp_relay import TcpRelay, send_fin
+from ssh3.aio.tcp_relay import finish as _finish
 from ssh3.messages import (
     TCP_BY_NAME_CHANNEL_TYPE,
-    ChannelData,
     ChannelOpenConfirmation,
     ChannelOpenFailure,
 )
@@ -46,9 +46,6 @@ OPEN_CONNECT_FAILED = 2
 # direct-tcp-name@ssh3-py (EXT_TCP_BY_NAME) is direct-tcp with a name we resolve
 TCP_TYPES = ("direct-tcp", TCP_BY_NAME_CHANNEL_TYPE)
 FORWARD_TYPES = (*TCP_TYPES, "direct-udp")
-# a channel we give up on is reset with H3_REQUEST_CANCELLED
-CHANNEL_ABORTED = 0x10C
-TCP_READ_SIZE = 64 * 1024
 UDP_READ_SIZE = 65535
 # a UDP socket whose kernel buffer is full buffers in asyncio; beyond this, drop
 UDP_SEND_BUFFER_LIMIT = 256 * 1024
@@ -168,27 +165,6 @@ async def serve_forward_channel(conv: Conversation, channel: Channel, ctx: Forwa
         _finish(channel)
 
 
-def _finish(channel: Channel) -> None:
-    """Let go of a channel: whichever direction is still open is aborted, so that the
-    QUIC stream completes on both ends and the client gets its stream credit back."""
-    if not channel.eof_received and channel.error is None:
-        channel.protocol.stop_channel(channel.channel_id, CHANNEL_ABORTED)
-    if not channel.eof_sent:
-        channel.protocol.reset_channel(channel.channel_id, CHANNEL_ABORTED)
-    channel.protocol.forget_channel(channel.channel_id)
-
-
-def send_fin(channel: Channel) -> None:
-    """FIN our direction, unless the stream can no longer take it (the peer reset it,
-    or asked us to stop sending: QUIC stacks reset the stream on STOP_SENDING)."""
-    if channel.eof_sent or channel.error is not None or channel.stop_sending_code is not None:
-        return
-    try:
-        channel.send_eof()
-    except Exception:  # noqa: BLE001 - the QUIC library's "stream was reset"
-        log.debug("channel %d: FIN not sent (stream already reset)", channel.channel_id)
-
-
 def _target_text(address: tuple[str, int] | None) -> str:
     if address is None:
         return "?"
@@ -281,92 +257,22 @@ async def _serve_tcp(channel: Channel, ctx: ForwardContext, policy: ForwardingPo
         relay.close()
 
 
-class _TcpRelay:
-    """Data messages <-> TCP bytes, with half-close in both directions (§3.8)."""
+class _TcpRelay(TcpRelay):
+    """direct-tcp on the server: the relay of ssh3/aio/tcp_relay.py, whose FIN waits
+    a moment when only the confirmation went out to a reference client (Q7)."""
 
     def __init__(self, channel: Channel, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, ctx: ForwardContext) -> None:
-        self.channel = channel
-        self.reader = reader
-        self.writer = writer
+        super().__init__(channel, reader, writer, f"direct-tcp channel {channel.channel_id}")
         self.ctx = ctx
         self.confirmed_at = time.monotonic()
-        self.data_sent = False
-        self.aborted = False
 
-    async def run(self) -> None:
-        """Until both directions have ended, or the channel or the socket broke."""
-        await run_both_ways(self.channel, [self._channel_to_tcp(), self._tcp_to_channel()],
-                            self._abort, lambda: self.aborted)
-
-    async def _channel_to_tcp(self) -> None:
-        while True:
-            try:
-                msg = await self.channel.read()
-            except ChannelClosed:
-                self._abort()
-                return
-            if msg is None:
-                # the client's half-close: ours to the target
-                with contextlib.suppress(OSError):
-                    if self.writer.can_write_eof():
-                        self.writer.write_eof()
-                return
-            if not isinstance(msg, ChannelData):
-                log.info("direct-tcp channel %d: %s ignored", self.channel.channel_id,
-                         type(msg).__name__)
-                continue
-            if not msg.data:
-                continue
-            try:
-                self.writer.write(msg.data)
-                await self.writer.drain()
-            except OSError as exc:
-                # as the reference: STOP_SENDING 42 tells the client to give up
-                log.info("direct-tcp channel %d: write to target failed: %s",
-                         self.channel.channel_id, _reason(exc))
-                self.channel.protocol.stop_channel(self.channel.channel_id,
-                                                   STOP_SENDING_TCP_WRITE_FAILED)
-                self._abort()
-                return
-
-    async def _tcp_to_channel(self) -> None:
-        while True:
-            try:
-                data = await self.reader.read(TCP_READ_SIZE)
-            except OSError as exc:
-                # reset, not closed: the channel is reset too (by _finish), not FINned
-                log.info("direct-tcp channel %d: read from target failed: %s",
-                         self.channel.channel_id, _reason(exc))
-                self._abort()
-                return
-            if not data:
-                await self._send_eof()
-                return
-            try:
-                await self.channel.write(data)
-            except ChannelClosed:
-                self._abort()
-                return
-            self.data_sent = True
-
-    async def _send_eof(self) -> None:
-        if not self.data_sent and not self.ctx.peer_is_ours():
+    async def before_fin(self, sent: bool) -> None:
+        if not sent and not self.ctx.peer_is_ours():
             # only the confirmation went out: let a reference reader take it first (Q7)
             wait = self.confirmed_at + _FIN_GRACE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        send_fin(self.channel)
-
-    def _abort(self) -> None:
-        self.aborted = True
-        transport = self.writer.transport
-        if not transport.is_closing():
-            transport.abort()
-
-    def close(self) -> None:
-        if not self.writer.transport.is_closing():
-            self.writer.close()
 
 
 # ---------------------------------------------------------------- direct-udp

@@ -1,11 +1,13 @@
 """Relay between an open channel and a TCP connection, for either end of a channel.
 
-Used by remote forwarding (-R) on both sides: the server relays the connection its
-listener accepted, the client the one it made to the forward's target. The rules are
+The one relay of every TCP forward: -L and SOCKS (client, `ssh3/forward.py`),
+direct-tcp (server, `ssh3_server/forwarding.py`) and -R (both sides). The rules are
 those of direct-tcp (PROTOCOL.md §3.8): Data messages carry the bytes, a FIN is a
 half-close (passed on as `write_eof`), a TCP write failure asks the peer to stop
-with STOP_SENDING 42, and other messages are ignored. Back-pressure comes from
-`Channel.write` (QUIC send buffer) and `StreamWriter.drain` (TCP).
+with STOP_SENDING 42, and other messages are ignored unless a subclass takes them
+(`on_message`). Back-pressure comes from `Channel.write` (QUIC send buffer) and
+`StreamWriter.drain` (TCP). Subclasses add what differs: when a FIN may follow the
+header (`before_fin`) and what a confirmation or failure means.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ class TcpRelay:
         self.bytes_in = 0  # channel -> TCP
         self.bytes_out = 0  # TCP -> channel
 
+    # ------------------------------------------------------------ hooks
+
+    def on_message(self, msg: object) -> bool:
+        """A message other than Data; False ends the relay (it aborted)."""
+        log.info("%s: %s ignored", self.label, type(msg).__name__)
+        return True
+
+    def on_channel_closed(self, exc: ChannelClosed) -> None:
+        """The channel was reset or stopped under us."""
+
+    def on_peer_eof(self) -> None:
+        """The peer's FIN arrived (before it is passed on as our half-close)."""
+
+    async def before_fin(self, sent: bool) -> None:
+        """Runs before our FIN; `sent`: whether any data went out before it."""
+
     async def run(self) -> None:
         try:
             await run_both_ways(self.channel, [self._channel_to_tcp(), self._tcp_to_channel()],
@@ -49,17 +67,20 @@ class TcpRelay:
         while True:
             try:
                 msg = await self.channel.read()
-            except ChannelClosed:
+            except ChannelClosed as exc:
+                self.on_channel_closed(exc)
                 self._abort()
                 return
             if msg is None:
+                self.on_peer_eof()
                 # the peer's half-close becomes ours towards the TCP peer
                 with contextlib.suppress(OSError):
                     if self.writer.can_write_eof():
                         self.writer.write_eof()
                 return
             if not isinstance(msg, ChannelData):
-                log.info("%s: %s ignored", self.label, type(msg).__name__)
+                if not self.on_message(msg):
+                    return
                 continue
             if not msg.data:
                 continue
@@ -84,6 +105,7 @@ class TcpRelay:
                 self._abort()
                 return
             if not data:
+                await self.before_fin(self.bytes_out > 0)
                 send_fin(self.channel)
                 return
             try:
