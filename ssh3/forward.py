@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from .aio.channel import Channel, ChannelClosed
 from .aio.conversation import Conversation
 from .aio.tcp_relay import TcpRelay, send_fin
 from .aio.tcp_relay import finish as _finish
+from .aio.tcp_relay import os_reason as _os_reason
 from .messages import ChannelOpenConfirmation, ChannelOpenFailure
 
 log = logging.getLogger("ssh3.client.forwarding")
@@ -84,13 +84,6 @@ async def resolve(spec: ForwardSpec) -> tuple[str, int]:
             if family == want:
                 return str(sockaddr[0]).split("%")[0], spec.target_port
     raise ForwardError(f"{spec.target_host} has no IP address (for {spec.text!r})")
-
-
-def _os_reason(exc: OSError) -> str:
-    # asyncio wraps bind errors in its own text ("error while attempting to bind ...")
-    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)
 
 
 async def listen_tcp(accepted: Callable[[asyncio.StreamReader, asyncio.StreamWriter], None],

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.tcp_relay import TcpRelay, finish, send_fin
+from ssh3.aio.tcp_relay import os_reason as _reason
 from ssh3.connection import EXT_REVERSE_TCP
 from ssh3.messages import (
     MAX_TARGET_HOST_LEN,
@@ -113,17 +112,6 @@ def parse_config_remote_forward(value: str) -> RemoteForwardSpec:
     if len(words) != 2:
         raise ForwardError(f"bad RemoteForward {value!r}: expected [bind:]port host:hostport")
     return parse_remote_forward(f"{words[0]}:{words[1]}")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.errno and exc.errno > 0 \
-            and not isinstance(exc, socket.gaierror):
-        return os.strerror(exc.errno)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class _Forward:

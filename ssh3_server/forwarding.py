@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.tcp_relay import TcpRelay, send_fin
 from ssh3.aio.tcp_relay import finish as _finish
+from ssh3.aio.tcp_relay import os_reason as _reason
 from ssh3.messages import (
     TCP_BY_NAME_CHANNEL_TYPE,
     ChannelOpenConfirmation,
@@ -170,18 +170,6 @@ def _target_text(address: tuple[str, int] | None) -> str:
         return "?"
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.errno and exc.errno > 0 \
-            and not isinstance(exc, socket.gaierror):
-        # asyncio's text ("Connect call failed (...)") hides the cause
-        return os.strerror(exc.errno)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _refuse(channel: Channel, code: int, text: str) -> None:

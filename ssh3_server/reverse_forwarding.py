@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from ssh3.aio.channel import DEFAULT_MAX_PACKET_SIZE, Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.aio.tcp_relay import TcpRelay, finish, send_fin
+from ssh3.aio.tcp_relay import os_reason as _reason
 from ssh3.messages import (
     REVERSE_TCP_CHANNEL_TYPE,
     ChannelHeader,
@@ -119,12 +119,6 @@ def _bind(hosts: list[str], port: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)
 
 
 def _where(host: str, port: int) -> str:

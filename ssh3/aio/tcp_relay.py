@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 from ..connection import STOP_SENDING_TCP_WRITE_FAILED
 from ..messages import ChannelData
@@ -147,3 +149,17 @@ def finish(channel: Channel) -> None:
         if not channel.eof_sent:
             channel.protocol.reset_channel(channel.channel_id, CHANNEL_ABORTED)
     channel.protocol.forget_channel(channel.channel_id)
+
+
+def os_reason(exc: BaseException) -> str:
+    """The OS's words for a connect, bind or socket failure ("Connection refused"):
+    asyncio's own texts ("Connect call failed (...)", "error while attempting to
+    bind ...") hide the cause."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno and exc.errno > 0 \
+            and not isinstance(exc, socket.gaierror):
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
