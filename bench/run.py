@@ -132,20 +132,26 @@ def throughput_table(res: dict[str, Any]) -> str:
              "or /proc times over the transfer (forward); server = /proc utime+stime of its "
              "process tree (exec: setup and the remote cat included)",
              "×chacha/×aes = MB/s over OpenSSH's with that cipher, same mode; 2 cores "
-             "shared by client, server and the bench's own data source/sink"]
+             "shared by client, server and the bench's own data source/sink",
+             "raw: the same bytes over one stream between a bare client and server of that "
+             "QUIC library (bench/raw_quic.py: no HTTP/3, no SSH3; the library's own serve "
+             "and connect, same 16 MiB windows); ×raw = -L MB/s over raw's, same backend"]
     base: dict[tuple[str, str], float] = {}
+    raw: dict[str, float] = {}  # the bare QUIC stream's MB/s per ssh3 system
     rows_out = []
     stats = []
     for r in res["rows"]:
         ok = [x for x in r["runs"] if x.get("exit") == 0 and x.get("sha_ok")]
         mbps = summary(size / (x.get("data_seconds") or x["seconds"]) / MB for x in ok)
         stats.append((r, ok, mbps))
+        if r["mode"] == "raw" and mbps.get("n"):
+            raw[r["system"]] = mbps["median"]
         if r["label"].startswith("OpenSSH") and mbps.get("n"):
             cipher = "chacha" if "chacha" in r["label"] else "aes"
             base[(r["mode"], cipher)] = mbps["median"]
     for r, ok, mbps in stats:
         if r["note"]:
-            rows_out.append([r["mode"], r["label"], r["note"], "", "", "", "", "", ""])
+            rows_out.append([r["mode"], r["label"], r["note"], "", "", "", "", "", "", ""])
             continue
         bad = len(r["runs"]) - len(ok)
         med = mbps.get("median")
@@ -161,9 +167,11 @@ def throughput_table(res: dict[str, Any]) -> str:
                          f"{wall['median']:.1f}" if wall.get("n") else "",
                          ratio(med, base.get((r["mode"], "chacha"))),
                          ratio(med, base.get((r["mode"], "aes"))),
+                         ratio(med, raw.get(r["system"])) if r["mode"] == "forward" else "",
                          fmt_range(client, 1, 2), fmt_range(server, 1, 2), sha])
     return render_table("2. Throughput", notes,
-                        ["mode", "system", "MB/s", "wall s", "×chacha", "×aes", "client CPU s/GB",
+                        ["mode", "system", "MB/s", "wall s", "×chacha", "×aes", "×raw",
+                         "client CPU s/GB",
                          "server CPU s/GB", "sha256"], rows_out)
 
 

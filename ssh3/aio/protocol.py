@@ -102,10 +102,19 @@ class SSH3ProtocolMixin:
         super().datagram_received(data, addr)  # type: ignore[misc]
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
-        # qh3's batched receive path
+        # a burst of packets (qh3's transport, or backends/batched_udp.py): one
+        # transmit after all of them, not one per packet
         if self.remote_address is None:
             self.remote_address = addr
-        super().datagrams_received(data, addr)  # type: ignore[misc]
+        batch = getattr(super(), "datagrams_received", None)
+        if batch is not None:
+            batch(data, addr)
+            return
+        now = self._loop.time()
+        for datagram in data:
+            self._quic.receive_datagram(datagram, addr, now=now)
+        self._process_events()  # type: ignore[attr-defined]
+        self.transmit()
 
     def transmit(self) -> None:
         if self._hold_early and not self.handshake_done.is_set():

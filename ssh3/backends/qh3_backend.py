@@ -85,7 +85,7 @@ def make_backend() -> Backend:
         protocol_class=qh3.asyncio.QuicConnectionProtocol,
         # batched UDP I/O (recvmmsg/GSO) as qh3's client has; the plain endpoint
         # stays available for comparison (docs/throughput.md)
-        serve=qh3.asyncio.serve if os.environ.get("SSH3_QH3_PLAIN_UDP") else qh3_server.serve,
+        serve=qh3.asyncio.serve if os.environ.get("SSH3_PLAIN_UDP") else qh3_server.serve,
         connect=qh3.asyncio.connect,
         tls_module=qh3.tls,
         send_buffer_size=_send_buffer_size,
