@@ -11,7 +11,9 @@ this machine, all on 127.0.0.1.
                 forward: MB/s, CPU s/GB on each side, sha256 check
 3. interactive  one-byte echo through a pty shell: median and p99 of 500 round trips
 4. scale        server memory with N idle conversations, and new conversations per
-                second from 4 parallel clients
+                second from 4 parallel clients; server RSS after many finished
+                conversations, server CPU per conversation
+5. udp          DNS queries/s through -forward-udp to a local dnsmasq
 
 The reference Go ssh3 joins when $SSH3_REF_BIN_DIR names a folder with its `ssh3` and
 `ssh3-server` (root needed). Tables go to stdout, progress to stderr, and every sample
@@ -49,8 +51,9 @@ from latency import bench_setup, echo_latency
 from scale import bench_scale
 from tcp_delay import RULE_TAG, remove_tagged_rules
 from throughput import bench_throughput
+from udp_dns import bench_udp
 
-BENCHES = ("setup", "throughput", "scale", "interactive")
+BENCHES = ("setup", "throughput", "udp", "scale", "interactive")
 MB = 1e6
 
 
@@ -173,6 +176,26 @@ def throughput_table(res: dict[str, Any]) -> str:
                         ["mode", "system", "MB/s", "wall s", "×chacha", "×aes", "×raw",
                          "client CPU s/GB",
                          "server CPU s/GB", "sha256"], rows_out)
+
+
+def udp_table(res: dict[str, Any]) -> str:
+    notes = [f"{res['count']} DNS A queries (distinct names) over one UDP socket, at most "
+             f"{res['inflight']} unanswered, to a dnsmasq on 127.0.0.1: straight, or through "
+             "`ssh3 -forward-udp LPORT/127.0.0.1@DNSPORT -N`; every answer checked; median "
+             "[min–max] over runs; OpenSSH cannot forward UDP"]
+    rows = []
+    for name, rec in res["systems"].items():
+        if "error" in rec:
+            rows.append([name, "error", "", "", "", rec["error"][:80]])
+            continue
+        runs = rec["runs"]
+        qps = summary(r["per_second"] for r in runs)
+        lat = summary(r["median_ms"] for r in runs if r["median_ms"] is not None)
+        rows.append([name, fmt_range(qps, 1), f"{lat['median']:.2f}" if lat.get("n") else "",
+                     str(sum(r["ok"] for r in runs)), str(sum(r["bad"] for r in runs)),
+                     str(sum(r["lost"] for r in runs))])
+    return render_table("5. UDP forwarding (DNS)", notes,
+                        ["system", "queries/s", "median ms", "ok", "bad", "lost"], rows)
 
 
 def interactive_table(res: dict[str, Any], systems: list[System]) -> str:
@@ -298,6 +321,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "quick 50)")
     ap.add_argument("--rate-seconds", type=float, help="conversation rate duration "
                     "(default 20; quick 5)")
+    ap.add_argument("--udp-queries", type=int, help="DNS queries per udp run (default "
+                    "5000; quick 500)")
+    ap.add_argument("--udp-inflight", type=int, default=16, help="DNS queries in flight")
     ap.add_argument("--no-openssh", action="store_true", help="skip OpenSSH (no ratios)")
     ap.add_argument("--ref-bin-dir", default=os.environ.get("SSH3_REF_BIN_DIR"),
                     help="reference Go binaries (default $SSH3_REF_BIN_DIR)")
@@ -317,6 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size = (args.size_mib or (32 if q else 256)) << 20
     args.conversations = args.conversations or (50 if q else 500)
     args.rate_seconds = args.rate_seconds or (5.0 if q else 20.0)
+    args.udp_queries = args.udp_queries or (500 if q else 5000)
     return args
 
 
@@ -362,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
             res = bench_throughput(lab, systems, args.size, args.tp_runs, say)
             results["throughput"] = res
             emit(throughput_table(res))
+        if "udp" in args.only:
+            res = bench_udp(lab, systems, args.udp_queries, args.udp_inflight,
+                            args.tp_runs, say)
+            results["udp"] = res
+            emit(udp_table(res))
         # interactive last: a session its SIGHUP leaves behind must not disturb the
         # others (an ssh3 server keeps it until the QUIC idle timeout)
         if "scale" in args.only:

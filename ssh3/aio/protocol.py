@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from .. import connection as c
 from ..backends import Backend
+from ..backends.gso import GsoSender
 from ..messages import ChannelHeader
 from .channel import Channel
 from .conversation import Conversation
@@ -95,6 +97,18 @@ class SSH3ProtocolMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._gso: GsoSender | None = None
+        if self.backend.batch_sends and not os.environ.get("SSH3_PLAIN_UDP"):
+            # the packets of one transmit leave in GSO batches (backends/gso.py)
+            self._gso = GsoSender.wrap(transport)
+            if self._gso is not None:
+                self._transport = self._gso
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gso = getattr(self, "_gso", None)
+        if gso is not None:
+            gso.close()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if self.remote_address is None:
@@ -121,7 +135,15 @@ class SSH3ProtocolMixin:
             # our SETTINGS (EXT_EARLY_CHANNELS) in the first flight, before the CONNECT
             self.backend.release_early_streams(self._quic)
         # every receive, timer and send ends here: the moment send buffers shrink
-        super().transmit()  # type: ignore[misc]
+        gso = getattr(self, "_gso", None)
+        if gso is None:
+            super().transmit()  # type: ignore[misc]
+        else:
+            gso.hold()
+            try:
+                super().transmit()  # type: ignore[misc]
+            finally:
+                gso.flush()
         self._wake_writers()
 
     def quic_event_received(self, event: Any) -> None:

@@ -104,4 +104,5 @@ def make_backend() -> Backend:
         install_receive_window=_install_receive_window,
         consume=_consume,
         release_early_streams=_release_early_streams,
+        batch_sends=True,
     )

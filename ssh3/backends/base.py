@@ -33,3 +33,6 @@ class Backend:
     # server: let streams opened before the client's transport parameters were known
     # (the HTTP/3 control stream with SETTINGS) go out in the first flight (0.5-RTT)
     release_early_streams: Callable[[Any], None] = lambda quic: None
+    # the library's protocol sends each packet with its own sendto: batch the packets
+    # of a transmit into GSO sends (backends/gso.py)
+    batch_sends: bool = False

@@ -20,6 +20,8 @@ import collections
 import socket
 from typing import Any
 
+from . import gso
+
 BURST = 64  # packets read per readiness callback at most: others get their turn
 RECV_SIZE = 65536
 
@@ -74,6 +76,7 @@ class BatchedDatagramTransport(asyncio.DatagramTransport):
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._queued_bytes = 0
         self._closing = False
+        self._gso: bool | None = None
         self._extra = {"socket": sock, "sockname": sock.getsockname(), "peername": None}
         sock.setblocking(False)
 
@@ -136,6 +139,12 @@ class BatchedDatagramTransport(asyncio.DatagramTransport):
         self._loop.remove_writer(self._fd)
         if self._closing:
             self._finish()
+
+    def gso_socket(self) -> socket.socket | None:
+        """The socket, for gso.GsoSender's batched sends, if the kernel can segment."""
+        if self._gso is None:
+            self._gso = gso.gso_supported(self._sock)
+        return self._sock if self._gso and not self._closing else None
 
     # ---------------------------------------------------------------- transport API
 
