@@ -272,17 +272,37 @@ def scale_table(res: dict[str, Any], systems: list[System]) -> str:
     rows2 = []
     for name, _key, r in rates:
         if "per_second" not in r:
-            rows2.append([name, "", "error", "", "", "", "", r.get("error", "")[:80]])
+            rows2.append([name, "", "error", "", "", "", "", "", r.get("error", "")[:80]])
             continue
         longest = f"{r['max_run_seconds']:.1f}" if "max_run_seconds" in r else ""
+        cpu = r.get("server_cpu_ms_per_conv")
         rows2.append([name, r["client"], f"{r['per_second']:.1f}", str(r["ok"]),
-                      str(r["failed"]), longest,
+                      str(r["failed"]), longest, f"{cpu:.1f}" if cpu is not None else "",
                       ratio(r["per_second"], ossh["per_second"] if ossh else None),
                       "; ".join(e.strip() for e in r.get("errors", []))[:80]])
     t2 = render_table("4b. Scale: new conversations per second", notes2,
-                      ["system", "client", "conv/s", "ok", "failed", "longest s", "×OSSH",
-                       "errors"], rows2)
-    return t1 + "\n\n" + t2
+                      ["system", "client", "conv/s", "ok", "failed", "longest s",
+                       "srv CPU ms/conv", "×OSSH", "errors"], rows2)
+    notes3 = [f"{res.get('churn')} short conversations (`true`, library, 4 at a time) one "
+              "after the other: server RSS before and after (settled), and server CPU per "
+              "conversation (/proc utime+stime of its tree, the sessions' processes "
+              "included)"]
+    rows3 = []
+    for s in systems:
+        ch = res["systems"].get(s.name, {}).get("churn")
+        if ch is None:
+            continue
+        if "error" in ch:
+            rows3.append([s.name, "error", "", "", "", ch["error"][:80]])
+            continue
+        rows3.append([s.name, f"{ch['sessions']}/{ch['failed']}",
+                      f"{ch['rss_before_kb'] / 1024:.1f}", f"{ch['rss_after_kb'] / 1024:.1f}",
+                      f"{(ch['rss_after_kb'] - ch['rss_before_kb']) / 1024:+.1f}",
+                      f"{ch['server_cpu_ms_per_conv']:.1f}"])
+    t3 = render_table("4c. Scale: after many short conversations", notes3,
+                      ["system", "ok/failed", "RSS before MB", "RSS after MB", "Δ MB",
+                       "srv CPU ms/conv"], rows3)
+    return t1 + "\n\n" + t2 + ("\n\n" + t3 if rows3 else "")
 
 
 # ---------------------------------------------------------------- environment
@@ -321,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "quick 50)")
     ap.add_argument("--rate-seconds", type=float, help="conversation rate duration "
                     "(default 20; quick 5)")
+    ap.add_argument("--churn", type=int, help="short conversations for the RSS-after and "
+                    "CPU-per-conversation figures (default 1000; quick 200)")
     ap.add_argument("--udp-queries", type=int, help="DNS queries per udp run (default "
                     "5000; quick 500)")
     ap.add_argument("--udp-inflight", type=int, default=16, help="DNS queries in flight")
@@ -344,6 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.conversations = args.conversations or (50 if q else 500)
     args.rate_seconds = args.rate_seconds or (5.0 if q else 20.0)
     args.udp_queries = args.udp_queries or (500 if q else 5000)
+    args.churn = args.churn or (200 if q else 1000)
     return args
 
 
@@ -397,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         # interactive last: a session its SIGHUP leaves behind must not disturb the
         # others (an ssh3 server keeps it until the QUIC idle timeout)
         if "scale" in args.only:
-            res = bench_scale(lab, systems, args.conversations, args.rate_seconds, say)
+            res = bench_scale(lab, systems, args.conversations, args.rate_seconds, say,
+                              args.churn)
             results["scale"] = res
             emit(scale_table(res, systems))
         if "interactive" in args.only:
