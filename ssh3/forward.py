@@ -221,7 +221,7 @@ class _TcpRelay:
                 if not msg.data:
                     continue
                 try:
-                    self.writer.write(msg.data)
+                    self.writer.writelines(self.channel.ready_data(msg.data))
                     await self.writer.drain()
                 except OSError:
                     # the local side is gone: tell the server, as the reference does

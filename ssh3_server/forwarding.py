@@ -319,7 +319,7 @@ class _TcpRelay:
             if not msg.data:
                 continue
             try:
-                self.writer.write(msg.data)
+                self.writer.writelines(self.channel.ready_data(msg.data))
                 await self.writer.drain()
             except OSError as exc:
                 # as the reference: STOP_SENDING 42 tells the client to give up
