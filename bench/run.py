@@ -137,8 +137,9 @@ def throughput_table(res: dict[str, Any]) -> str:
              "×chacha/×aes = MB/s over OpenSSH's with that cipher, same mode; 2 cores "
              "shared by client, server and the bench's own data source/sink",
              "raw: the same bytes over one stream between a bare client and server of that "
-             "QUIC library (bench/raw_quic.py: no HTTP/3, no SSH3; the library's own serve "
-             "and connect, same 16 MiB windows); ×raw = -L MB/s over raw's, same backend"]
+             "QUIC library (bench/raw_quic.py: no HTTP/3, no SSH3; the server on ssh3-server's "
+             "UDP I/O, the library's own connect, same 16 MiB windows); ×raw = -L MB/s over "
+             "raw's, same backend"]
     base: dict[tuple[str, str], float] = {}
     raw: dict[str, float] = {}  # the bare QUIC stream's MB/s per ssh3 system
     rows_out = []

@@ -48,7 +48,7 @@ class BatchingServerMixin:
                 run.append(data)
                 continue
             if run:
-                run_proto.datagrams_received(run, addr)
+                _deliver(run_proto, run, addr)
                 run = []
             if proto is None:
                 run_proto = None
@@ -57,7 +57,16 @@ class BatchingServerMixin:
                 run_proto = proto
                 run.append(data)
         if run:
-            run_proto.datagrams_received(run, addr)
+            _deliver(run_proto, run, addr)
+
+
+def _deliver(proto: Any, datagrams: list[bytes], addr: Any) -> None:
+    batch = getattr(proto, "datagrams_received", None)
+    if batch is not None:
+        batch(datagrams, addr)
+    else:  # a protocol class without the batch entry point: one at a time
+        for data in datagrams:
+            proto.datagram_received(data, addr)
 
 
 class BatchedDatagramTransport(asyncio.DatagramTransport):
