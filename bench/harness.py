@@ -396,6 +396,10 @@ class Lab:
             "LANG": "C.UTF-8",
             "PYTHONPATH": str(REPO),  # the code under test is this checkout
         }
+        # switches for before/after comparisons pass through (docs/throughput.md)
+        for name in ("SSH3_PLAIN_UDP", "SSH3_NO_UVLOOP"):
+            if name in os.environ:
+                self.env[name] = os.environ[name]
         self.systems: list[System] = []
         self.extra: dict[str, Any] = {}  # facts found on the way (e.g. no NFQUEUE)
         self._made_run_sshd = False

@@ -11,7 +11,9 @@ this machine, all on 127.0.0.1.
                 forward: MB/s, CPU s/GB on each side, sha256 check
 3. interactive  one-byte echo through a pty shell: median and p99 of 500 round trips
 4. scale        server memory with N idle conversations, and new conversations per
-                second from 4 parallel clients
+                second from 4 parallel clients; server RSS after many finished
+                conversations, server CPU per conversation
+5. udp          DNS queries/s through -forward-udp to a local dnsmasq
 
 The reference Go ssh3 joins when $SSH3_REF_BIN_DIR names a folder with its `ssh3` and
 `ssh3-server` (root needed). Tables go to stdout, progress to stderr, and every sample
@@ -49,8 +51,9 @@ from latency import bench_setup, echo_latency
 from scale import bench_scale
 from tcp_delay import RULE_TAG, remove_tagged_rules
 from throughput import bench_throughput
+from udp_dns import bench_udp
 
-BENCHES = ("setup", "throughput", "scale", "interactive")
+BENCHES = ("setup", "throughput", "udp", "scale", "interactive")
 MB = 1e6
 
 
@@ -132,20 +135,27 @@ def throughput_table(res: dict[str, Any]) -> str:
              "or /proc times over the transfer (forward); server = /proc utime+stime of its "
              "process tree (exec: setup and the remote cat included)",
              "×chacha/×aes = MB/s over OpenSSH's with that cipher, same mode; 2 cores "
-             "shared by client, server and the bench's own data source/sink"]
+             "shared by client, server and the bench's own data source/sink",
+             "raw: the same bytes over one stream between a bare client and server of that "
+             "QUIC library (bench/raw_quic.py: no HTTP/3, no SSH3; the server on ssh3-server's "
+             "UDP I/O, the library's own connect, same 16 MiB windows); ×raw = -L MB/s over "
+             "raw's, same backend"]
     base: dict[tuple[str, str], float] = {}
+    raw: dict[str, float] = {}  # the bare QUIC stream's MB/s per ssh3 system
     rows_out = []
     stats = []
     for r in res["rows"]:
         ok = [x for x in r["runs"] if x.get("exit") == 0 and x.get("sha_ok")]
         mbps = summary(size / (x.get("data_seconds") or x["seconds"]) / MB for x in ok)
         stats.append((r, ok, mbps))
+        if r["mode"] == "raw" and mbps.get("n"):
+            raw[r["system"]] = mbps["median"]
         if r["label"].startswith("OpenSSH") and mbps.get("n"):
             cipher = "chacha" if "chacha" in r["label"] else "aes"
             base[(r["mode"], cipher)] = mbps["median"]
     for r, ok, mbps in stats:
         if r["note"]:
-            rows_out.append([r["mode"], r["label"], r["note"], "", "", "", "", "", ""])
+            rows_out.append([r["mode"], r["label"], r["note"], "", "", "", "", "", "", ""])
             continue
         bad = len(r["runs"]) - len(ok)
         med = mbps.get("median")
@@ -161,10 +171,32 @@ def throughput_table(res: dict[str, Any]) -> str:
                          f"{wall['median']:.1f}" if wall.get("n") else "",
                          ratio(med, base.get((r["mode"], "chacha"))),
                          ratio(med, base.get((r["mode"], "aes"))),
+                         ratio(med, raw.get(r["system"])) if r["mode"] == "forward" else "",
                          fmt_range(client, 1, 2), fmt_range(server, 1, 2), sha])
     return render_table("2. Throughput", notes,
-                        ["mode", "system", "MB/s", "wall s", "×chacha", "×aes", "client CPU s/GB",
+                        ["mode", "system", "MB/s", "wall s", "×chacha", "×aes", "×raw",
+                         "client CPU s/GB",
                          "server CPU s/GB", "sha256"], rows_out)
+
+
+def udp_table(res: dict[str, Any]) -> str:
+    notes = [f"{res['count']} DNS A queries (distinct names) over one UDP socket, at most "
+             f"{res['inflight']} unanswered, to a dnsmasq on 127.0.0.1: straight, or through "
+             "`ssh3 -forward-udp LPORT/127.0.0.1@DNSPORT -N`; every answer checked; median "
+             "[min–max] over runs; OpenSSH cannot forward UDP"]
+    rows = []
+    for name, rec in res["systems"].items():
+        if "error" in rec:
+            rows.append([name, "error", "", "", "", rec["error"][:80]])
+            continue
+        runs = rec["runs"]
+        qps = summary(r["per_second"] for r in runs)
+        lat = summary(r["median_ms"] for r in runs if r["median_ms"] is not None)
+        rows.append([name, fmt_range(qps, 1), f"{lat['median']:.2f}" if lat.get("n") else "",
+                     str(sum(r["ok"] for r in runs)), str(sum(r["bad"] for r in runs)),
+                     str(sum(r["lost"] for r in runs))])
+    return render_table("5. UDP forwarding (DNS)", notes,
+                        ["system", "queries/s", "median ms", "ok", "bad", "lost"], rows)
 
 
 def interactive_table(res: dict[str, Any], systems: list[System]) -> str:
@@ -241,17 +273,37 @@ def scale_table(res: dict[str, Any], systems: list[System]) -> str:
     rows2 = []
     for name, _key, r in rates:
         if "per_second" not in r:
-            rows2.append([name, "", "error", "", "", "", "", r.get("error", "")[:80]])
+            rows2.append([name, "", "error", "", "", "", "", "", r.get("error", "")[:80]])
             continue
         longest = f"{r['max_run_seconds']:.1f}" if "max_run_seconds" in r else ""
+        cpu = r.get("server_cpu_ms_per_conv")
         rows2.append([name, r["client"], f"{r['per_second']:.1f}", str(r["ok"]),
-                      str(r["failed"]), longest,
+                      str(r["failed"]), longest, f"{cpu:.1f}" if cpu is not None else "",
                       ratio(r["per_second"], ossh["per_second"] if ossh else None),
                       "; ".join(e.strip() for e in r.get("errors", []))[:80]])
     t2 = render_table("4b. Scale: new conversations per second", notes2,
-                      ["system", "client", "conv/s", "ok", "failed", "longest s", "×OSSH",
-                       "errors"], rows2)
-    return t1 + "\n\n" + t2
+                      ["system", "client", "conv/s", "ok", "failed", "longest s",
+                       "srv CPU ms/conv", "×OSSH", "errors"], rows2)
+    notes3 = [f"{res.get('churn')} short conversations (`true`, library, 4 at a time) one "
+              "after the other: server RSS before and after (settled), and server CPU per "
+              "conversation (/proc utime+stime of its tree, the sessions' processes "
+              "included)"]
+    rows3 = []
+    for s in systems:
+        ch = res["systems"].get(s.name, {}).get("churn")
+        if ch is None:
+            continue
+        if "error" in ch:
+            rows3.append([s.name, "error", "", "", "", ch["error"][:80]])
+            continue
+        rows3.append([s.name, f"{ch['sessions']}/{ch['failed']}",
+                      f"{ch['rss_before_kb'] / 1024:.1f}", f"{ch['rss_after_kb'] / 1024:.1f}",
+                      f"{(ch['rss_after_kb'] - ch['rss_before_kb']) / 1024:+.1f}",
+                      f"{ch['server_cpu_ms_per_conv']:.1f}"])
+    t3 = render_table("4c. Scale: after many short conversations", notes3,
+                      ["system", "ok/failed", "RSS before MB", "RSS after MB", "Δ MB",
+                       "srv CPU ms/conv"], rows3)
+    return t1 + "\n\n" + t2 + ("\n\n" + t3 if rows3 else "")
 
 
 # ---------------------------------------------------------------- environment
@@ -290,6 +342,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "quick 50)")
     ap.add_argument("--rate-seconds", type=float, help="conversation rate duration "
                     "(default 20; quick 5)")
+    ap.add_argument("--churn", type=int, help="short conversations for the RSS-after and "
+                    "CPU-per-conversation figures (default 1000; quick 200)")
+    ap.add_argument("--udp-queries", type=int, help="DNS queries per udp run (default "
+                    "5000; quick 500)")
+    ap.add_argument("--udp-inflight", type=int, default=16, help="DNS queries in flight")
     ap.add_argument("--no-openssh", action="store_true", help="skip OpenSSH (no ratios)")
     ap.add_argument("--ref-bin-dir", default=os.environ.get("SSH3_REF_BIN_DIR"),
                     help="reference Go binaries (default $SSH3_REF_BIN_DIR)")
@@ -309,6 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size = (args.size_mib or (32 if q else 256)) << 20
     args.conversations = args.conversations or (50 if q else 500)
     args.rate_seconds = args.rate_seconds or (5.0 if q else 20.0)
+    args.udp_queries = args.udp_queries or (500 if q else 5000)
+    args.churn = args.churn or (200 if q else 1000)
     return args
 
 
@@ -354,10 +413,16 @@ def main(argv: list[str] | None = None) -> int:
             res = bench_throughput(lab, systems, args.size, args.tp_runs, say)
             results["throughput"] = res
             emit(throughput_table(res))
+        if "udp" in args.only:
+            res = bench_udp(lab, systems, args.udp_queries, args.udp_inflight,
+                            args.tp_runs, say)
+            results["udp"] = res
+            emit(udp_table(res))
         # interactive last: a session its SIGHUP leaves behind must not disturb the
         # others (an ssh3 server keeps it until the QUIC idle timeout)
         if "scale" in args.only:
-            res = bench_scale(lab, systems, args.conversations, args.rate_seconds, say)
+            res = bench_scale(lab, systems, args.conversations, args.rate_seconds, say,
+                              args.churn)
             results["scale"] = res
             emit(scale_table(res, systems))
         if "interactive" in args.only:

@@ -28,6 +28,7 @@ from harness import (
     run_timed,
     spawn,
     stop_pid,
+    tree_cpu_seconds,
     tree_memory_kb,
     wait_tree_settled,
 )
@@ -166,6 +167,8 @@ def conversation_rate(system: System, workers: int, seconds: float) -> dict[str,
                         stamp = time.strftime("%H:%M:%S")
                         errors.append(f"{stamp} {err.decode(errors='replace')[-200:]}")
 
+    wait_tree_settled(system.server.pid, 0, 5.0)
+    cpu_before = tree_cpu_seconds(system.server.pid)
     start = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     for t in threads:
@@ -173,21 +176,26 @@ def conversation_rate(system: System, workers: int, seconds: float) -> dict[str,
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
+    # the sessions' processes (reaped: in the server's cutime) count as its CPU
+    wait_tree_settled(system.server.pid, 0, 10.0)
+    server_cpu = tree_cpu_seconds(system.server.pid) - cpu_before
     return {"ok": counts["ok"], "failed": counts["failed"], "seconds": elapsed,
+            "server_cpu_ms_per_conv": server_cpu * 1000 / max(1, counts["ok"]),
             "per_second": counts["ok"] / elapsed, "errors": errors,
             "max_run_seconds": max(durations, default=0.0),
             "median_run_seconds": sorted(durations)[len(durations) // 2] if durations else 0.0,
             "client": f"{workers} parallel CLI processes"}
 
 
-def library_rate(lab: Lab, system: System, tasks: int, seconds: float) -> dict[str, Any]:
+def library_rate(lab: Lab, system: System, tasks: int, seconds: float,
+                 max_runs: int | None = None) -> dict[str, Any]:
     """The same through the library from one process: the server's rate without the
     ~0.3 s of Python start-up each CLI run pays."""
     r = subprocess.run(
         [sys.executable, str(BENCH_DIR / "scale_client.py"), "rate", "--port", str(system.port),
          "--path", URL_PATH, "--user", system.user, "--key", str(system.key),
          "--backend", system.backend or "qh3", "--tasks", str(tasks),
-         "--seconds", str(seconds)],
+         "--seconds", str(seconds), *(["--max-runs", str(max_runs)] if max_runs else [])],
         capture_output=True, text=True, env=system.env, timeout=seconds + 120)
     try:
         out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -198,9 +206,30 @@ def library_rate(lab: Lab, system: System, tasks: int, seconds: float) -> dict[s
     return out
 
 
+def churn(lab: Lab, system: System, sessions: int) -> dict[str, Any]:
+    """`sessions` short conversations (`true`, library, 4 at a time) one after the
+    other: the server's RSS before and after (does a finished conversation leave
+    anything behind?) and its CPU per conversation (process tree, the sessions'
+    `true` included)."""
+    pid = system.server.pid
+    wait_tree_settled(pid, 0, 5.0)
+    rss_before = rss_kb(pid)
+    cpu_before = tree_cpu_seconds(pid)
+    res = library_rate(lab, system, 4, 600.0, max_runs=sessions)
+    wait_tree_settled(pid, 0, 10.0)
+    cpu = tree_cpu_seconds(pid) - cpu_before
+    # closing periods end (3 PTOs) and the server drops the connections
+    time.sleep(SETTLE_SECONDS)
+    return {"sessions": res["ok"], "failed": res["failed"], "seconds": res["seconds"],
+            "rss_before_kb": rss_before, "rss_after_kb": rss_kb(pid),
+            "server_cpu_ms_per_conv": cpu * 1000 / max(1, res["ok"]),
+            "errors": res.get("errors", [])}
+
+
 def bench_scale(lab: Lab, systems: list[System], count: int, seconds: float,
-                say: Callable[[str], None]) -> dict[str, Any]:
-    out: dict[str, Any] = {"count": count, "seconds": seconds, "systems": {}}
+                say: Callable[[str], None], churn_sessions: int = 1000) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": count, "seconds": seconds, "churn": churn_sessions,
+                           "systems": {}}
     for s in systems:
         rec: dict[str, Any] = {}
         out["systems"][s.name] = rec
@@ -216,5 +245,10 @@ def bench_scale(lab: Lab, systems: list[System], count: int, seconds: float,
                 rec["rate_library"] = library_rate(lab, s, 4, seconds)
             except (OSError, BenchError, subprocess.TimeoutExpired) as exc:
                 rec["rate_library"] = {"error": str(exc)}
+            say(f"scale: {s.name}: {churn_sessions} short conversations, RSS and CPU")
+            try:
+                rec["churn"] = churn(lab, s, churn_sessions)
+            except (OSError, BenchError, subprocess.TimeoutExpired) as exc:
+                rec["churn"] = {"error": str(exc)}
         wait_tree_settled(s.server.pid, 0, 10.0)
     return out

@@ -13,7 +13,8 @@ PING every 10 s (the server's idle timeout is 30 s). Stops by itself after
 --max-seconds.
 
 rate: `tasks` loops, each connecting, authenticating, running `true` on a session
-channel and closing, for `seconds`; prints one JSON line with the counts.
+channel and closing, for `seconds` (or `--max-runs` conversations in all); prints
+one JSON line with the counts.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ async def rate(args: argparse.Namespace) -> int:
     async def loop_one() -> None:
         # bounded in time and in count
         for _ in range(100000):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or counts["ok"] + counts["failed"] >= args.max_runs:
                 return
             try:
                 await asyncio.wait_for(exec_true(params), 60)
@@ -174,6 +175,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-seconds", type=float, default=900.0)
+    ap.add_argument("--max-runs", type=int, default=10**9, help="rate: stop after this many")
     args = ap.parse_args()
     if not args.host.startswith("127."):
         print("scale_client: loopback targets only", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    BENCH_DIR,
     BenchError,
     Lab,
     System,
+    read_stdout_line,
     spawn,
     stop_pid,
     tree_cpu_seconds,
@@ -212,6 +215,52 @@ def forward_run(lab: Lab, system: System, flags_tpl: list[str], command: list[st
         wait_tree_settled(system.server.pid, 0, 5.0)
 
 
+# ---------------------------------------------------------------- raw QUIC
+
+
+def raw_quic_run(lab: Lab, system: System, server_port: int, server_pid: int, data: Path,
+                 size: int, digest: str, timeout: float) -> dict[str, Any]:
+    """One stream of `size` bytes from a bare client of the same QUIC library to a bare
+    server (bench/raw_quic.py): the ceiling ssh3's -L is measured against."""
+    server_before = proc_cpu_seconds(server_pid)
+    with open(lab.tmp / "raw-quic-client.log", "ab") as err:
+        proc = spawn([sys.executable, str(BENCH_DIR / "raw_quic.py"), "send", "--backend",
+                      str(system.backend), "--port", str(server_port), "--file", str(data),
+                      "--timeout", str(timeout)], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=err, env=system.env,
+                     start_new_session=True)
+    watchdog = threading.Timer(timeout, lambda: os.kill(proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        watchdog.cancel()
+        stop_pid(proc, 2.0)
+    server_cpu = proc_cpu_seconds(server_pid) - server_before
+    try:
+        res = json.loads(out.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise BenchError(f"raw_quic send failed (exit {proc.returncode})") from exc
+    return {"exit": proc.returncode, "seconds": res["seconds"], "bytes": size,
+            "sha_ok": res["reply"] == f"{digest} {size}",
+            "client_cpu": usage.ru_utime + usage.ru_stime, "server_cpu": server_cpu}
+
+
+def start_raw_server(lab: Lab, system: System) -> tuple[subprocess.Popen[Any], int]:
+    """bench/raw_quic.py serve with the ssh3 server's own certificate; (process, port)."""
+    proc = lab.procs.start(
+        [sys.executable, str(BENCH_DIR / "raw_quic.py"), "serve", "--backend",
+         str(system.backend), "--cert", str(lab.tmp / f"cert-{system.backend}.pem"),
+         "--key", str(lab.tmp / f"key-{system.backend}.pem")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=open(lab.tmp / "raw-quic-server.log", "ab"), env=system.env)  # noqa: SIM115
+    m = read_stdout_line(proc, re.compile(r"PORT (\d+)"), 30)
+    return proc, int(m.group(1))
+
+
 def _free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,6 +324,24 @@ def bench_throughput(lab: Lab, systems: list[System], size: int, runs: int,
                                                  digest, timeout))
                 except (OSError, BenchError) as exc:
                     r["runs"].append({"exit": None, "error": str(exc)})
+        # the same bytes over one bare QUIC stream of each library (bench/raw_quic.py)
+        for s in ours:
+            r = row("raw", s, f"raw {s.backend} stream", [])
+            try:
+                server, port = start_raw_server(lab, s)
+            except (OSError, BenchError) as exc:
+                r["note"] = f"n/a ({exc})"[:60]
+                continue
+            try:
+                for i in range(runs):
+                    say(f"throughput: {r['label']}, run {i + 1}/{runs}")
+                    try:
+                        r["runs"].append(raw_quic_run(lab, s, port, server.pid, data, size,
+                                                      digest, timeout))
+                    except (OSError, BenchError) as exc:
+                        r["runs"].append({"exit": None, "error": str(exc)})
+            finally:
+                lab.procs.stop(server)
     finally:
         sink.close()
         data.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from ssh3 import event_loop
 from ssh3.backends import BACKENDS
 from ssh3.version import OUR_VERSION
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(config))
+            event_loop.run(_serve(config))  # uvloop when installed
     except (OSError, ValueError) as exc:
         print(f"ssh3-server: {exc}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ from .forwarding import (
     ForwardingPolicy,
     serve_forward_channel,
 )
+from .heap import HeapTrimmer
 from .hooks import LoginAttempt, ServerHooks, SessionInfo, authenticate, call, forward_permitted
 from .penalties import PenaltyBox, PenaltyPolicy
 from .permissions import Permissions
@@ -109,6 +110,7 @@ class SSH3Server(ProtocolHandler):
         self._own_user = pwd.getpwuid(os.geteuid()).pw_name
         self.address: tuple[str, int] | None = None
         self.penalties = PenaltyBox(config.penalties)
+        self._heap = HeapTrimmer()  # freed conversations' memory back to the system
         self._unauthenticated: dict[SSH3Protocol, asyncio.TimerHandle] = {}
         self.authenticator = Authenticator(
             AuthSettings(enable_password_login=config.enable_password_login,
@@ -169,6 +171,7 @@ class SSH3Server(ProtocolHandler):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._heap.cancel()
         if self._server is not None:
             self._server.close()  # type: ignore[attr-defined]
 
@@ -394,6 +397,7 @@ class SSH3Server(ProtocolHandler):
             if protocol.remote_address and getattr(protocol, "ssh3_attempted", False):
                 self.penalties.penalise(protocol.remote_address[0], "noauth")
         log.debug("connection from %s closed", protocol._peer_text())
+        self._heap.schedule()
 
 
 def _addr_text(addr: object) -> str:

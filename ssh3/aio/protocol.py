@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import connection as c
 from ..backends import Backend
+from ..backends.gso import GsoSender
 from ..messages import ChannelHeader
 from .channel import Channel
 from .conversation import Conversation
@@ -102,6 +103,18 @@ class SSH3ProtocolMixin:
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._gso: GsoSender | None = None
+        if self.backend.batch_sends and not os.environ.get("SSH3_PLAIN_UDP"):
+            # the packets of one transmit leave in GSO batches (backends/gso.py)
+            self._gso = GsoSender.wrap(transport)
+            if self._gso is not None:
+                self._transport = self._gso
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gso = getattr(self, "_gso", None)
+        if gso is not None:
+            gso.close()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def connect(self, addr: Any, *args: Any, **kwargs: Any) -> None:
         """Client: connect(2) the UDP socket to the server first. Only a connected
@@ -151,13 +164,22 @@ class SSH3ProtocolMixin:
             adopt(self._quic, size)
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
-        # qh3's batched receive path
+        # a burst of packets (qh3's transport, or backends/batched_udp.py): one
+        # transmit after all of them, not one per packet
         if self.remote_address is None:
             self.remote_address = addr
         largest = max((len(d) for d in data), default=0)
         if largest > self._largest_received:
             self._adopt(largest)
-        super().datagrams_received(data, addr)  # type: ignore[misc]
+        batch = getattr(super(), "datagrams_received", None)
+        if batch is not None:
+            batch(data, addr)
+            return
+        now = self._loop.time()
+        for datagram in data:
+            self._quic.receive_datagram(datagram, addr, now=now)
+        self._process_events()  # type: ignore[attr-defined]
+        self.transmit()
 
     async def wait_connected(self) -> None:
         try:
@@ -176,7 +198,15 @@ class SSH3ProtocolMixin:
             # our SETTINGS (EXT_EARLY_CHANNELS) in the first flight, before the CONNECT
             self.backend.release_early_streams(self._quic)
         # every receive, timer and send ends here: the moment send buffers shrink
-        super().transmit()  # type: ignore[misc]
+        gso = getattr(self, "_gso", None)
+        if gso is None:
+            super().transmit()  # type: ignore[misc]
+        else:
+            gso.hold()
+            try:
+                super().transmit()  # type: ignore[misc]
+            finally:
+                gso.flush()
         self._wake_writers()
 
     def quic_event_received(self, event: Any) -> None:

@@ -87,7 +87,8 @@ class TcpRelay:
             if not msg.data:
                 continue
             try:
-                self.writer.write(msg.data)
+                data = self.channel.ready_data(msg.data)
+                self.writer.writelines(data)
                 await self.writer.drain()
             except OSError as exc:
                 log.info("%s: TCP write failed: %s", self.label, exc)
@@ -95,7 +96,7 @@ class TcpRelay:
                                                    STOP_SENDING_TCP_WRITE_FAILED)
                 self._abort()
                 return
-            self.bytes_in += len(msg.data)
+            self.bytes_in += sum(map(len, data))
 
     async def _tcp_to_channel(self) -> None:
         while True:

@@ -50,3 +50,6 @@ class Backend:
     # Then a FIN towards a peer of ours rides on an empty Data message
     # (SSH3Connection.send_channel_data; docs/extensions.md)
     loses_bare_fin: bool = False
+    # the library's protocol sends each packet with its own sendto: batch the packets
+    # of a transmit into GSO sends (backends/gso.py)
+    batch_sends: bool = False

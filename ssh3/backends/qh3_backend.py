@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from typing import Any
 
 import qh3.asyncio
@@ -16,6 +17,7 @@ import qh3.tls
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import exporter
+from . import qh3_server
 from .base import Backend
 from .over import connect_over
 
@@ -119,7 +121,9 @@ def make_backend() -> Backend:
         h3_connection_class=qh3.h3.connection.H3Connection,
         h3_events=qh3.h3.events,
         protocol_class=qh3.asyncio.QuicConnectionProtocol,
-        serve=qh3.asyncio.serve,
+        # batched UDP I/O (recvmmsg/GSO) as qh3's client has; the plain endpoint
+        # stays available for comparison (docs/throughput.md)
+        serve=qh3.asyncio.serve if os.environ.get("SSH3_PLAIN_UDP") else qh3_server.serve,
         connect=qh3.asyncio.connect,
         tls_module=qh3.tls,
         send_buffer_size=_send_buffer_size,
