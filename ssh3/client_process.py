@@ -22,6 +22,7 @@ from typing import IO, Any
 from .aio.channel import Channel, ChannelClosed
 from .aio.conversation import Conversation
 from .connection import EXT_CHANNEL_EOF, EXT_WINDOW_CHANGE
+from .connection import H3_REQUEST_CANCELLED as CHANNEL_ABORTED
 from .messages import (
     ChannelData,
     ChannelExtendedData,
@@ -37,7 +38,6 @@ log = logging.getLogger("ssh3.client")
 STREAM_LIMIT = 1 << 20  # bytes buffered per output stream before we stop reading
 STDIN_CHUNK = 64 * 1024
 # code for a channel given up while its process runs (H3_REQUEST_CANCELLED)
-CHANNEL_ABORTED = 0x10C
 
 
 class ChannelOpenError(Exception):

@@ -59,6 +59,10 @@ MAX_TARGET_HOST_LEN = 255  # a DNS name's limit
 # client -> server: "listen on BindAddress:Port for me"; after MaxPacketSize:
 # BindAddress string (1..255 bytes), Port u16
 REVERSE_LISTEN_CHANNEL_TYPE = "reverse-tcp-listen@ssh3-py"
+# agent forwarding (§3.7): the server opens these channels; a session asks for them
+# with a Data message holding exactly FORWARD_AGENT_DATA
+AGENT_CHANNEL_TYPE = "agent-connection"
+FORWARD_AGENT_DATA = b"forward-agent"
 # server -> client: "a connection arrived on listener ListenerID"; after
 # MaxPacketSize: ListenerID varint (the listen channel's stream ID), Originator
 # address string (1..255 bytes), Originator port u16

@@ -21,17 +21,18 @@ from ssh3.aio.channel import (
     run_until_first_ends,
 )
 from ssh3.aio.conversation import Conversation
-from ssh3.messages import ChannelData, ChannelOpenConfirmation
+from ssh3.connection import H3_REQUEST_CANCELLED as CHANNEL_ABORTED
+from ssh3.connection import H3_REQUEST_REJECTED as CHANNEL_REJECTED
+from ssh3.messages import (
+    AGENT_CHANNEL_TYPE,
+    ChannelData,
+    ChannelOpenConfirmation,
+)
 
 log = logging.getLogger("ssh3.client.agent")
 
-AGENT_CHANNEL_TYPE = "agent-connection"
-FORWARD_AGENT_DATA = b"forward-agent"
 READ_SIZE = 16 * 1024
 CONNECT_TIMEOUT = 10.0
-# H3_REQUEST_REJECTED: a channel we do not accept
-CHANNEL_REJECTED = 0x10B
-CHANNEL_ABORTED = 0x10C
 
 
 def agent_socket(options: dict[str, str]) -> str | None:

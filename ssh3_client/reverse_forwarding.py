@@ -29,6 +29,7 @@ from ssh3.aio.conversation import Conversation
 from ssh3.aio.tcp_relay import TcpRelay, finish, send_fin
 from ssh3.aio.tcp_relay import os_reason as _reason
 from ssh3.connection import EXT_REVERSE_TCP
+from ssh3.connection import H3_REQUEST_REJECTED as CHANNEL_REJECTED
 from ssh3.messages import (
     MAX_TARGET_HOST_LEN,
     REVERSE_LISTEN_CHANNEL_TYPE,
@@ -47,7 +48,6 @@ NOT_SUPPORTED = "remote forwarding (-R) is not supported by this server"
 ANSWER_TIMEOUT = 15.0  # for the server's answer to a listen request
 CONNECT_TIMEOUT = 10.0  # for our connection to the forward's target
 OPEN_CONNECT_FAILED = 2
-CHANNEL_REJECTED = 0x10B  # H3_REQUEST_REJECTED: a channel we do not accept
 DEFAULT_BIND = "localhost"  # OpenSSH: loopback on the server unless told otherwise
 
 Report = Callable[[str], None]

@@ -16,6 +16,7 @@ from ssh3.aio.channel import Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import EXT_CHANNEL_EOF, EXT_ENV, EXT_WINDOW_CHANGE
 from ssh3.messages import (
+    FORWARD_AGENT_DATA,
     ChannelData,
     ChannelExtendedData,
     ChannelOpenConfirmation,
@@ -71,7 +72,7 @@ def open_session(conv: Conversation, request: SessionRequest, stdin_fd: int = 0)
     channel = conv.open_channel("session")
     size = terminal_size(stdin_fd) if request.pty else None
     if request.forward_agent:
-        channel.send(ChannelData(b"forward-agent"))
+        channel.send(ChannelData(FORWARD_AGENT_DATA))
     if request.env:
         if extensions & EXT_ENV:
             for name, value in request.env:

@@ -25,15 +25,16 @@ from ssh3.aio.channel import (
     run_until_first_ends,
 )
 from ssh3.aio.conversation import Conversation
-from ssh3.messages import ChannelData, ChannelOpenConfirmation
+from ssh3.connection import H3_REQUEST_CANCELLED as CHANNEL_ABORTED
+from ssh3.messages import (
+    AGENT_CHANNEL_TYPE,
+    ChannelData,
+    ChannelOpenConfirmation,
+)
 
 log = logging.getLogger("ssh3.server.agent")
 
-AGENT_CHANNEL_TYPE = "agent-connection"
-FORWARD_AGENT_DATA = b"forward-agent"
 READ_SIZE = 16 * 1024
-# an agent connection is closed with H3_REQUEST_CANCELLED when we give up on it
-CHANNEL_ABORTED = 0x10C
 
 
 class AgentForwarder:

@@ -14,6 +14,7 @@ from ssh3.aio.channel import Channel, ChannelClosed
 from ssh3.aio.conversation import Conversation
 from ssh3.connection import EXT_CHANNEL_EOF, H3_REQUEST_INCOMPLETE
 from ssh3.messages import (
+    FORWARD_AGENT_DATA,
     ChannelData,
     ChannelExtendedData,
     ChannelOpenFailure,
@@ -29,7 +30,7 @@ from ssh3.messages import (
     WindowChangeRequest,
 )
 
-from .agent_forwarding import FORWARD_AGENT_DATA, AgentForwarder
+from .agent_forwarding import AgentForwarder
 from .environment import EnvCollector
 from .permissions import Permissions
 from .process import Child, PtyParams, UserInfo, build_environment, set_window_size, spawn

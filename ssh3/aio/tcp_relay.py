@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 
+from ..connection import H3_REQUEST_CANCELLED as CHANNEL_ABORTED
 from ..connection import STOP_SENDING_TCP_WRITE_FAILED
 from ..messages import ChannelData
 from .channel import Channel, ChannelClosed, run_both_ways
@@ -25,8 +26,6 @@ from .channel import Channel, ChannelClosed, run_both_ways
 log = logging.getLogger("ssh3.aio.tcp_relay")
 
 TCP_READ_SIZE = 64 * 1024
-# a channel we give up on is reset / stopped with H3_REQUEST_CANCELLED
-CHANNEL_ABORTED = 0x10C
 
 
 class TcpRelay:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from ..connection import H3_REQUEST_CANCELLED as CHANNEL_ABORTED
 from ..messages import ChannelOpenFailure
 from .channel import ChannelClosed
 from .conversation import Conversation
@@ -24,7 +25,6 @@ log = logging.getLogger("ssh3.jump")
 # the inner connection's packet size: QUIC's minimum (RFC 9000 §14), so that an
 # inner packet plus the outer framing fits the jump host's packets
 INNER_PACKET_SIZE = 1200
-CHANNEL_ABORTED = 0x10C  # H3_REQUEST_CANCELLED
 
 
 class TunnelError(Exception):
